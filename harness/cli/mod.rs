@@ -1,0 +1,58 @@
+//! The command line: one file per subcommand. Exit codes follow DESIGN.md:
+//! 0 all passed, 1 a scenario failed, 2 bad input, 3 lab infrastructure failed,
+//! 130 interrupted.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes, as DESIGN.md fixes them.
+pub mod exit {
+    pub const PASSED: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const INFRASTRUCTURE: u8 = 3;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aplab",
+    version,
+    about = "Hardware-lab harness for Windows Autopilot pre-provisioned deployment"
+)]
+pub struct Cli {
+    /// More output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let Some(command) = cli.command else {
+        use clap::CommandFactory;
+        let _ = Cli::command().print_help();
+        return ExitCode::from(exit::BAD_INPUT);
+    };
+    match command {}
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "aplab=debug",
+        _ => "aplab=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APLAB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
