@@ -15,3 +15,4 @@ pub mod cli;
 pub mod device;
 pub mod model;
 pub mod sim;
+pub mod store;
