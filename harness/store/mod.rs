@@ -237,6 +237,9 @@ pub trait Ledger: Send + Sync {
     fn add_cases(&self, cases: &[CaseRecord]) -> LedgerResult<()>;
     fn cases(&self, run_id: &str) -> LedgerResult<Vec<CaseRecord>>;
     fn update_case(&self, case: &CaseRecord) -> LedgerResult<()>;
+    /// Updates a case and sets (or clears) its parked wait in one transaction, so a crash
+    /// can never leave a parked case without the instant its gap ends.
+    fn advance_case(&self, case: &CaseRecord, park: Option<&ParkedWait>) -> LedgerResult<()>;
     fn record_step(&self, step: &StepRecord) -> LedgerResult<()>;
     fn steps(&self, run_id: &str, case_id: &str) -> LedgerResult<Vec<StepRecord>>;
 

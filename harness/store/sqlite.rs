@@ -195,6 +195,33 @@ fn lifecycle_from_row(r: &rusqlite::Row) -> rusqlite::Result<LifecycleEvent> {
 
 const CASE_COLUMNS: &str = "run_id, case_id, scenario, matrix, device_id, status, next_phase, class, message, started_at, finished_at";
 
+fn update_case_row(c: &Connection, k: &CaseRecord) -> rusqlite::Result<usize> {
+    c.execute(
+        "UPDATE cases SET status = ?3, next_phase = ?4, class = ?5, message = ?6, started_at = ?7,
+         finished_at = ?8, device_id = ?9 WHERE run_id = ?1 AND case_id = ?2",
+        params![
+            k.run_id,
+            k.case_id,
+            k.status.as_str(),
+            k.next_phase,
+            k.class,
+            k.message,
+            k.started_at,
+            k.finished_at,
+            k.device_id
+        ],
+    )
+}
+
+fn insert_parked(c: &Connection, w: &ParkedWait) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR REPLACE INTO parked (run_id, case_id, device_id, next_phase, not_before, not_after)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![w.run_id, w.case_id, w.device_id, w.next_phase, w.not_before, w.not_after],
+    )
+    .map(|_| ())
+}
+
 impl Ledger for SqliteLedger {
     fn create_run(&self, id: &str, request: &str, at: Millis) -> LedgerResult<()> {
         self.with(|c| {
@@ -277,22 +304,28 @@ impl Ledger for SqliteLedger {
     }
 
     fn update_case(&self, k: &CaseRecord) -> LedgerResult<()> {
+        let n = self.with(|c| update_case_row(c, k))?;
+        if n == 0 {
+            return Err(LedgerError::UnknownCase(k.case_id.clone()));
+        }
+        Ok(())
+    }
+
+    fn advance_case(&self, k: &CaseRecord, park: Option<&ParkedWait>) -> LedgerResult<()> {
         let n = self.with(|c| {
-            c.execute(
-                "UPDATE cases SET status = ?3, next_phase = ?4, class = ?5, message = ?6, started_at = ?7,
-                 finished_at = ?8, device_id = ?9 WHERE run_id = ?1 AND case_id = ?2",
-                params![
-                    k.run_id,
-                    k.case_id,
-                    k.status.as_str(),
-                    k.next_phase,
-                    k.class,
-                    k.message,
-                    k.started_at,
-                    k.finished_at,
-                    k.device_id
-                ],
-            )
+            let tx = c.transaction()?;
+            let n = update_case_row(&tx, k)?;
+            tx.execute(
+                "DELETE FROM parked WHERE run_id = ?1 AND case_id = ?2",
+                params![k.run_id, k.case_id],
+            )?;
+            if let Some(w) = park {
+                insert_parked(&tx, w)?;
+            }
+            if n == 1 {
+                tx.commit()?;
+            }
+            Ok(n)
         })?;
         if n == 0 {
             return Err(LedgerError::UnknownCase(k.case_id.clone()));
@@ -420,14 +453,7 @@ impl Ledger for SqliteLedger {
     }
 
     fn park(&self, w: &ParkedWait) -> LedgerResult<()> {
-        self.with(|c| {
-            c.execute(
-                "INSERT OR REPLACE INTO parked (run_id, case_id, device_id, next_phase, not_before, not_after)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![w.run_id, w.case_id, w.device_id, w.next_phase, w.not_before, w.not_after],
-            )
-            .map(|_| ())
-        })
+        self.with(|c| insert_parked(c, w))
     }
 
     fn unpark(&self, run_id: &str, case_id: &str) -> LedgerResult<()> {
