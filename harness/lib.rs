@@ -15,5 +15,6 @@ pub mod cli;
 pub mod device;
 pub mod fleet;
 pub mod model;
+pub mod report;
 pub mod sim;
 pub mod store;
