@@ -71,6 +71,8 @@ pub struct Phase {
     pub gap: Option<Gap>,
     /// Deadline for the whole phase.
     pub timeout: Option<Duration>,
+    /// How long the phase usually takes (for `aplab plan`); not a deadline.
+    pub expect_duration: Option<Duration>,
     pub steps: Vec<Step>,
 }
 
@@ -94,6 +96,8 @@ pub struct Origin {
     pub column: u32,
     /// The block it was expanded from, if any.
     pub block: Option<String>,
+    /// Where that block was used (`use:` in the scenario), if it came from a block.
+    pub used_at: Option<Box<Origin>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
