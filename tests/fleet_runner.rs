@@ -90,6 +90,7 @@ fn e2e_job(device: &str, join: &str) -> Job {
         case,
         device_id: device.into(),
         priority: 0,
+        health: false,
         phases: vec![
             PhasePlan {
                 name: "technician".into(),
@@ -325,6 +326,7 @@ fn health_job(device: &str) -> Job {
         case,
         device_id: device.into(),
         priority: 0,
+        health: true,
         phases: vec![PhasePlan {
             name: "health".into(),
             gap: None,

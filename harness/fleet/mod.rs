@@ -7,6 +7,7 @@
 //! so `kill -9` at any moment leaves a ledger that `resume` can finish from.
 
 pub mod events;
+pub mod plan;
 pub mod runner;
 
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct Job {
     pub case: Case,
     pub device_id: String,
     pub priority: i32,
+    /// A health check: failing it marks the device bad; it runs before other jobs.
+    pub health: bool,
     pub phases: Vec<PhasePlan>,
     /// Other devices this case may move to after an infrastructure failure
     /// (empty unless the scenario allows it).

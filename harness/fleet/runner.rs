@@ -645,7 +645,7 @@ impl Fleet {
 }
 
 fn is_health(job: &Job) -> bool {
-    job.scenario.starts_with("health")
+    job.health
 }
 
 fn case_label(job: &Job) -> String {
