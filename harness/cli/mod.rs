@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod devices;
+pub mod inputs;
+pub mod status;
+
 /// Exit codes, as DESIGN.md fixes them.
 pub mod exit {
     pub const PASSED: u8 = 0;
@@ -30,7 +34,12 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Current and recent runs, devices with health, lease and lifecycle state.
+    Status(status::Args),
+    /// Every device of the inventory, how it is reached, its health and lease.
+    Devices(devices::Args),
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,7 +49,11 @@ pub fn main() -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::from(exit::BAD_INPUT);
     };
-    match command {}
+    let code = match command {
+        Command::Status(args) => status::run(args),
+        Command::Devices(args) => devices::run(args),
+    };
+    ExitCode::from(code)
 }
 
 fn init_tracing(verbose: u8) {
