@@ -338,6 +338,11 @@ async fn read_forever(shared: Arc<Shared>, mut log: LogWriter, settings: Console
     loop {
         match shared.link.connect().await {
             Ok(stream) => {
+                // Writable and marked up before the note, so whoever reads the note
+                // can use the link.
+                let (mut reader, writer) = tokio::io::split(stream);
+                *shared.writer.lock().await = Some(writer);
+                shared.set_link(LinkStatus::Up);
                 let now = Timestamp::now();
                 match lost.take() {
                     Some((since, _)) => log.note(
@@ -350,9 +355,6 @@ async fn read_forever(shared: Arc<Shared>, mut log: LogWriter, settings: Console
                     None => log.note(now, &format!("--- link up: {} ---", shared.link.describe())),
                 }
                 record_log_result(&shared, &mut log);
-                let (mut reader, writer) = tokio::io::split(stream);
-                *shared.writer.lock().await = Some(writer);
-                shared.set_link(LinkStatus::Up);
                 let opened = Instant::now();
                 let reason = pump(&shared, &mut reader, &mut log, &settings, &mut buf).await;
                 *shared.writer.lock().await = None;
