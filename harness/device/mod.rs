@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod keyboard;
+pub mod pikvm;
 pub mod power;
 pub mod screen;
 

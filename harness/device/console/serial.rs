@@ -70,6 +70,12 @@ pub fn open(device: &Path, baud: u32) -> io::Result<SerialStream> {
     Ok(SerialStream { fd })
 }
 
+impl std::os::fd::AsFd for SerialStream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
 impl AsyncRead for SerialStream {
     fn poll_read(
         self: Pin<&mut Self>,
