@@ -1,7 +1,7 @@
 //! The console through ser2net 4.3, in raw TCP and in telnet RFC 2217 mode, with a PTY
 //! (joined by socat to the test's "device end") behind it.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -29,10 +29,10 @@ fn chip(
             if master.read_exact(&mut frame).is_err() || frames.send(frame.to_vec()).is_err() {
                 return;
             }
-            if let Some(reply) = answer(i) {
-                if master.write_all(&reply).is_err() {
-                    return;
-                }
+            if let Some(reply) = answer(i)
+                && master.write_all(&reply).is_err()
+            {
+                return;
             }
         }
     });

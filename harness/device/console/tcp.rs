@@ -284,47 +284,39 @@ impl Telnet {
         let i = opt as usize;
         let asked_ours = std::mem::take(&mut self.asked_ours[i]);
         let asked_theirs = std::mem::take(&mut self.asked_theirs[i]);
+        // The server echoing our input back would garble the console: ECHO is refused
+        // with everything else not listed here.
+        let supported = matches!(opt, BINARY | SUPPRESS_GO_AHEAD | COM_PORT_OPTION);
+        // Only a change of state gets a reply, and never the answer to our own request,
+        // so negotiation cannot loop.
         match verb {
-            DO if matches!(opt, BINARY | SUPPRESS_GO_AHEAD | COM_PORT_OPTION) => {
-                if !self.ours[i] {
-                    self.ours[i] = true;
-                    if !asked_ours {
-                        replies.extend([IAC, WILL, opt]);
-                    }
-                    if opt == COM_PORT_OPTION {
-                        replies.extend(self.set_baudrate());
-                    }
+            DO if !supported => replies.extend([IAC, WONT, opt]),
+            DO if !self.ours[i] => {
+                self.ours[i] = true;
+                if !asked_ours {
+                    replies.extend([IAC, WILL, opt]);
+                }
+                if opt == COM_PORT_OPTION {
+                    replies.extend(self.set_baudrate());
                 }
             }
-            DO => replies.extend([IAC, WONT, opt]),
-            DONT => {
-                if self.ours[i] || asked_ours {
-                    self.ours[i] = false;
-                    if !asked_ours {
-                        replies.extend([IAC, WONT, opt]);
-                    }
+            DONT if self.ours[i] || asked_ours => {
+                self.ours[i] = false;
+                if !asked_ours {
+                    replies.extend([IAC, WONT, opt]);
                 }
             }
-            // The server echoing our input back would garble the console: refuse ECHO.
-            WILL if matches!(opt, BINARY | SUPPRESS_GO_AHEAD | COM_PORT_OPTION) => {
-                if !self.theirs[i] {
-                    self.theirs[i] = true;
-                    if !asked_theirs {
-                        replies.extend([IAC, DO, opt]);
-                    }
+            WILL if !supported => replies.extend([IAC, DONT, opt]),
+            WILL if !self.theirs[i] => {
+                self.theirs[i] = true;
+                if !asked_theirs {
+                    replies.extend([IAC, DO, opt]);
                 }
             }
-            WILL => {
-                if !asked_theirs || self.theirs[i] {
+            WONT if self.theirs[i] || asked_theirs => {
+                self.theirs[i] = false;
+                if !asked_theirs {
                     replies.extend([IAC, DONT, opt]);
-                }
-            }
-            WONT => {
-                if self.theirs[i] || asked_theirs {
-                    self.theirs[i] = false;
-                    if !asked_theirs {
-                        replies.extend([IAC, DONT, opt]);
-                    }
                 }
             }
             _ => {}

@@ -34,7 +34,7 @@ fn greyscale(png_bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), png::DecodingE
     let mut reader = decoder.read_info()?;
     let size = reader
         .output_buffer_size()
-        .ok_or_else(|| png::DecodingError::LimitsExceeded)?;
+        .ok_or(png::DecodingError::LimitsExceeded)?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf)?;
     let (width, height) = (info.width as usize, info.height as usize);
