@@ -7,6 +7,12 @@
 //! failure is understood (a refused TCP connection is `infrastructure`, a failure screen
 //! is `product`), and a hint that tells the lab engineer what to check.
 
+pub mod console;
+pub mod keyboard;
+pub mod pikvm;
+pub mod power;
+pub mod screen;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
