@@ -235,3 +235,6 @@ pub struct DeviceHandle {
     /// Where the device's artifacts go.
     pub artifacts: PathBuf,
 }
+
+pub mod shell;
+pub mod tpm;
