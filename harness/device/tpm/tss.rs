@@ -346,7 +346,10 @@ fn quote(
         .map_err(failed)
 }
 
-fn verify_quote(
+/// Checks a quote as a remote verifier: it must be a quote, carry `nonce` as its extra
+/// data, and its RSASSA-SHA256 signature must verify with `ak_public` (checked with
+/// OpenSSL, not by the TPM that produced it).
+pub fn verify_quote(
     ak_public: &Public,
     attest: &tss_esapi::structures::Attest,
     signature: &Signature,
