@@ -35,6 +35,18 @@ pub fn command_line(flavor: ShellFlavor, program: &str, args: &[String]) -> Devi
             .with_hint("check the scenario variable that fills this argument"));
         }
     }
+    if flavor == ShellFlavor::Powershell {
+        for (index, arg) in args.iter().enumerate() {
+            if let Some(why) = powershell_native_hazard(arg) {
+                return Err(DeviceError::config(format!(
+                    "argument {} of `{program}` {why}; Windows PowerShell would pass it to a \
+                     native program as a different number of arguments",
+                    index + 1
+                ))
+                .with_hint("check the scenario variable that fills this argument"));
+            }
+        }
+    }
     let quote = match flavor {
         ShellFlavor::Posix => posix_quote,
         ShellFlavor::Powershell => powershell_quote,
@@ -87,6 +99,24 @@ pub fn powershell_quote(word: &str) -> String {
     }
     out.push('\'');
     out
+}
+
+/// Windows PowerShell 5.1 rebuilds a Win32 command line when it calls a native program
+/// (`& 'icacls.exe' ...`) and does not escape what it puts there: an embedded `"`, or a
+/// trailing `\` in an argument it wraps in quotes, shifts the argument boundaries the
+/// program sees, and an empty argument is dropped. The quoting above cannot prevent
+/// that (it happens after PowerShell has parsed the line correctly), and we cannot tell
+/// a cmdlet from a native program, so such arguments are refused.
+fn powershell_native_hazard(arg: &str) -> Option<&'static str> {
+    if arg.is_empty() {
+        Some("is empty")
+    } else if arg.contains('"') {
+        Some("contains a double quote")
+    } else if arg.ends_with('\\') && arg.contains(char::is_whitespace) {
+        Some("contains a space and ends with a backslash")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +217,25 @@ mod tests {
         assert!(err.message.contains("argument 1"), "{}", err.message);
         let err = command_line(ShellFlavor::Powershell, "ec\0ho", &[]).unwrap_err();
         assert!(err.message.contains("program name"), "{}", err.message);
+    }
+
+    #[test]
+    fn powershell_refuses_arguments_native_programs_would_split() {
+        for arg in ["", "say \"hi\"", "C:\\Program Files\\"] {
+            let err =
+                command_line(ShellFlavor::Powershell, "icacls.exe", &args(&[arg])).unwrap_err();
+            assert_eq!(err.class, FailureClass::Config, "{arg:?}");
+            assert!(err.message.contains("argument 1"), "{}", err.message);
+        }
+        // Fine as they are: a trailing backslash without a space is passed unquoted.
+        command_line(
+            ShellFlavor::Powershell,
+            "icacls.exe",
+            &args(&["C:\\Logs\\", "a b"]),
+        )
+        .unwrap();
+        // POSIX shells pass arguments to programs as they are; no such limits there.
+        command_line(ShellFlavor::Posix, "printf", &args(&["", "\"", "a b\\"])).unwrap();
     }
 
     #[test]

@@ -282,9 +282,8 @@ impl Target {
             }
         }
         let deadline = Instant::now() + timeout;
-        let sftp = self.open_sftp(slot, deadline)?;
-        let session = &slot.as_ref().expect("open_sftp leaves a link").session;
-        let result = self.fetch_with(&sftp, session, remote, local, max_bytes, deadline, timeout);
+        let (sftp, session) = self.open_sftp(slot, deadline)?;
+        let result = self.fetch_with(&sftp, &session, remote, local, max_bytes, deadline, timeout);
         if let Err(e) = &result {
             // Never leave a truncated file that a later step could mistake for the real one.
             let _ = std::fs::remove_file(local);
@@ -421,13 +420,17 @@ impl Target {
     }
 
     /// The SFTP subsystem on the kept session, or on a fresh one when it is dead.
-    fn open_sftp(&self, slot: &mut Option<Link>, deadline: Instant) -> DeviceResult<Sftp> {
+    fn open_sftp(
+        &self,
+        slot: &mut Option<Link>,
+        deadline: Instant,
+    ) -> DeviceResult<(Sftp, Session)> {
         if let Some(link) = slot.as_ref() {
             link.session.set_blocking(true);
             link.session
                 .set_timeout(millis(self.settings.connect_timeout));
             match link.session.sftp() {
-                Ok(sftp) => return Ok(sftp),
+                Ok(sftp) => return Ok((sftp, link.session.clone())),
                 Err(e) => {
                     tracing::info!(host = %self.address(), "SSH session is dead ({e}); reconnecting");
                     *slot = None;
@@ -448,8 +451,9 @@ impl Target {
             ))
             .with_hint("enable the sftp subsystem in the device's sshd_config")
         })?;
+        let session = link.session.clone();
         *slot = Some(link);
-        Ok(sftp)
+        Ok((sftp, session))
     }
 
     /// Connects, retrying only failures that a booting device explains (refused, reset,
