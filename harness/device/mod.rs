@@ -241,3 +241,6 @@ pub struct DeviceHandle {
     /// Where the device's artifacts go.
     pub artifacts: PathBuf,
 }
+
+pub mod shell;
+pub mod tpm;
