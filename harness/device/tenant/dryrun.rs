@@ -68,6 +68,10 @@ impl DryRunTenant {
             "{} {url}\n  # {} (needs {})\n  Authorization: Bearer {REDACTED}\n",
             call.method, call.what, call.permission
         ));
+        // The query once more, unescaped, for the reader.
+        for (key, value) in &call.query {
+            text.push_str(&format!("  {key}: {value}\n"));
+        }
         if let Some(body) = &call.body {
             text.push_str(&format!("  body: {body}\n"));
         }
