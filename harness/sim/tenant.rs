@@ -598,13 +598,7 @@ impl SimTenant {
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .nest("/v1.0", graph.clone())
             .nest("/beta", graph)
-            .fallback(|| async {
-                graph_error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    "Invalid version or resource",
-                )
-            })
+            .fallback(|| async { GraphFault::bad_request("Invalid version or resource") })
             .with_state(self.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -669,11 +663,53 @@ impl Drop for TenantServer {
 
 // ---- HTTP ----
 
-fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({"error": {"code": code, "message": message,
-        "innerError": {"date": jiff::Timestamp::now().to_string()}}});
-    (status, Json(body)).into_response()
+/// A Graph error answer: `{error:{code,message}}`, with Retry-After on a 429.
+#[derive(Debug)]
+struct GraphFault {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
 }
+
+impl GraphFault {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        GraphFault {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "ResourceNotFound", message)
+    }
+
+    fn no_segment(segment: &str) -> Self {
+        Self::bad_request(format!("Resource not found for the segment '{segment}'."))
+    }
+}
+
+impl IntoResponse for GraphFault {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message,
+            "innerError": {"date": jiff::Timestamp::now().to_string()}}});
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+type GraphResult<T> = Result<T, GraphFault>;
 
 fn login_error(status: StatusCode, error: &str, description: &str) -> Response {
     let body = json!({"error": error, "error_description": description});
@@ -698,7 +734,8 @@ async fn token(
         Some((
             StatusCode::BAD_REQUEST,
             "invalid_scope",
-            "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
+            "AADSTS1002012: The provided value for scope is not valid. Client credential flows \
+             must have a scope value with /.default suffixed to the resource identifier.",
         ))
     } else {
         None
@@ -724,7 +761,8 @@ async fn token(
                 StatusCode::BAD_REQUEST,
                 "unauthorized_client",
                 format!(
-                    "AADSTS700016: Application with identifier '{}' was not found in the directory '{tenant_id}'.",
+                    "AADSTS700016: Application with identifier '{}' was not found in the \
+                     directory '{tenant_id}'.",
                     field("client_id")
                 ),
             )),
@@ -732,7 +770,9 @@ async fn token(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 format!(
-                    "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
+                    "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent \
+                     in the request is the client secret value, not the client secret ID, for a \
+                     secret added to app '{}'.",
                     app.client_id
                 ),
             )),
@@ -758,46 +798,52 @@ async fn token(
     }
 }
 
-/// What a request needs to pass before its route runs.
-struct Gate<'a> {
-    headers: &'a HeaderMap,
-    /// Any one of these permissions allows the request.
-    permissions: &'a [&'a str],
-}
+const READ_IDENTITIES: &[&str] = &[
+    "DeviceManagementServiceConfig.Read.All",
+    "DeviceManagementServiceConfig.ReadWrite.All",
+];
+const WRITE_IDENTITIES: &[&str] = &["DeviceManagementServiceConfig.ReadWrite.All"];
+const READ_DEVICES: &[&str] = &[
+    "DeviceManagementManagedDevices.Read.All",
+    "DeviceManagementManagedDevices.ReadWrite.All",
+];
+const WRITE_DEVICES: &[&str] = &["DeviceManagementManagedDevices.ReadWrite.All"];
 
 impl TenantState {
-    fn throttled(&mut self, now: Instant) -> Response {
+    fn throttled(&mut self, now: Instant) -> GraphFault {
         self.stats.throttled += 1;
         let wait = self.settings.retry_after;
         self.throttled_until = Some(now + wait);
-        let mut response = graph_error(
+        let mut fault = GraphFault::new(
             StatusCode::TOO_MANY_REQUESTS,
             "TooManyRequests",
             "Too many requests from this application; retry after the given delay",
         );
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        response
+        fault.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+        fault
     }
 
-    /// Outage, authentication, throttling and permission: returns the caller's tenant.
-    fn pass(&mut self, gate: Gate<'_>, now: LabTime) -> Result<String, Response> {
+    /// Outage, authentication, throttling and permission, in that order. `permissions`:
+    /// any one of them allows the request. Returns the caller's tenant.
+    fn pass(
+        &mut self,
+        headers: &HeaderMap,
+        permissions: &[&str],
+        now: LabTime,
+    ) -> GraphResult<String> {
         self.stats.graph_requests += 1;
         if self.fail_next.0 > 0 {
             self.fail_next.0 -= 1;
             self.stats.failed += 1;
             let status =
                 StatusCode::from_u16(self.fail_next.1).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return Err(graph_error(
+            return Err(GraphFault::new(
                 status,
                 "ServiceUnavailable",
                 "The service is temporarily unavailable",
             ));
         }
-        let bearer = gate
-            .headers
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
@@ -812,7 +858,7 @@ impl TenantState {
         };
         let tenant = tenant.map_err(|message| {
             self.stats.unauthorized += 1;
-            graph_error(
+            GraphFault::new(
                 StatusCode::UNAUTHORIZED,
                 "InvalidAuthenticationToken",
                 message,
@@ -827,18 +873,15 @@ impl TenantState {
             self.throttle_next -= 1;
             return Err(self.throttled(wall));
         }
-        if !gate
-            .permissions
-            .iter()
-            .any(|p| self.permissions.contains(*p))
-        {
+        if !permissions.iter().any(|p| self.permissions.contains(*p)) {
             self.stats.forbidden += 1;
-            return Err(graph_error(
+            return Err(GraphFault::new(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
-                &format!(
-                    "Application is not authorized to perform this operation. Application must have one of the following scopes: {}",
-                    gate.permissions.join(", ")
+                format!(
+                    "Application is not authorized to perform this operation. Application must \
+                     have one of the following scopes: {}",
+                    permissions.join(", ")
                 ),
             ));
         }
@@ -846,7 +889,7 @@ impl TenantState {
     }
 
     /// The GraphThrottle fault of the device this request is about.
-    fn device_throttle(&mut self, identity_id: &str) -> Result<(), Response> {
+    fn device_throttle(&mut self, identity_id: &str) -> GraphResult<()> {
         let Some(identity) = self.identities.get_mut(identity_id) else {
             return Ok(());
         };
@@ -858,51 +901,53 @@ impl TenantState {
     }
 
     /// The identity `id` in `tenant`, or Graph's 404.
-    fn identity_in(&self, tenant: &str, id: &str) -> Result<&Identity, Response> {
+    fn identity_in(&self, tenant: &str, id: &str) -> GraphResult<&Identity> {
         self.identities
             .get(id)
             .filter(|i| i.tenant == tenant)
             .ok_or_else(|| {
-                graph_error(
-                    StatusCode::NOT_FOUND,
-                    "ResourceNotFound",
-                    &format!("windowsAutopilotDeviceIdentity {id} not found"),
-                )
+                GraphFault::not_found(format!("windowsAutopilotDeviceIdentity {id} not found"))
             })
     }
-}
 
-const READ_IDENTITIES: &[&str] = &[
-    "DeviceManagementServiceConfig.Read.All",
-    "DeviceManagementServiceConfig.ReadWrite.All",
-];
-const WRITE_IDENTITIES: &[&str] = &["DeviceManagementServiceConfig.ReadWrite.All"];
-const READ_DEVICES: &[&str] = &[
-    "DeviceManagementManagedDevices.Read.All",
-    "DeviceManagementManagedDevices.ReadWrite.All",
-];
-const WRITE_DEVICES: &[&str] = &["DeviceManagementManagedDevices.ReadWrite.All"];
+    /// The Intune record `id` in `tenant`, or Graph's 404.
+    fn record_in(&self, tenant: &str, id: &str) -> GraphResult<&ManagedDevice> {
+        self.managed
+            .get(id)
+            .filter(|r| {
+                self.by_serial(&r.serial)
+                    .is_some_and(|i| i.tenant == tenant)
+            })
+            .ok_or_else(|| GraphFault::not_found(format!("managedDevice {id} not found")))
+    }
+
+    /// The identity whose Intune record is `record_id`.
+    fn identity_of_record(&self, record_id: &str) -> Option<String> {
+        self.identities
+            .values()
+            .find(|i| i.managed_device_id.as_deref() == Some(record_id))
+            .map(|i| i.id.clone())
+    }
+}
 
 fn is_beta(uri: &OriginalUri) -> bool {
     uri.path().starts_with("/beta/")
 }
 
 /// The serial in `contains(serialNumber,'X')`, unescaped; or Graph's 400.
-fn serial_filter(filter: &str) -> Result<String, Response> {
-    let pattern =
+fn serial_filter(filter: &str) -> GraphResult<String> {
+    static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"^\s*contains\(\s*serialNumber\s*,\s*'((?:[^']|'')*)'\s*\)\s*$")
-            .map_err(|_| {
-                graph_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "filter")
-            })?;
-    if let Some(captures) = pattern.captures(filter) {
+            .expect("a valid pattern")
+    });
+    if let Some(captures) = PATTERN.captures(filter) {
         return Ok(captures[1].replace("''", "'"));
     }
-    let message = if filter.contains(" eq ") {
+    Err(GraphFault::bad_request(if filter.contains(" eq ") {
         "Filter on serialNumber with operator 'eq' is not supported. Use contains(serialNumber,'value')."
     } else {
         "Invalid filter clause"
-    };
-    Err(graph_error(StatusCode::BAD_REQUEST, "BadRequest", message))
+    }))
 }
 
 async fn list_identities(
@@ -910,22 +955,12 @@ async fn list_identities(
     uri: OriginalUri,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-) -> Response {
+) -> GraphResult<Response> {
     let now = sim.clock.now();
     let mut state = sim.state();
-    let tenant = match state.pass(
-        Gate {
-            headers: &headers,
-            permissions: READ_IDENTITIES,
-        },
-        now,
-    ) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let wanted = match query.get("$filter").map(|f| serial_filter(f)) {
-        Some(Ok(serial)) => Some(serial.to_ascii_lowercase()),
-        Some(Err(response)) => return response,
+    let tenant = state.pass(&headers, READ_IDENTITIES, now)?;
+    let wanted = match query.get("$filter") {
+        Some(filter) => Some(serial_filter(filter)?.to_ascii_lowercase()),
         None => None,
     };
     let matching: Vec<String> = state
@@ -940,9 +975,7 @@ async fn list_identities(
         .map(|i| i.id.clone())
         .collect();
     for id in &matching {
-        if let Err(response) = state.device_throttle(id) {
-            return response;
-        }
+        state.device_throttle(id)?;
     }
     let skip: usize = query
         .get("$skiptoken")
@@ -964,7 +997,7 @@ async fn list_identities(
             .and_then(|h| h.to_str().ok())
             .unwrap_or("127.0.0.1");
         let mut next = reqwest::Url::parse(&format!("http://{host}{}", uri.path()))
-            .unwrap_or_else(|_| reqwest::Url::parse("http://127.0.0.1/").expect("static URL"));
+            .map_err(|e| GraphFault::bad_request(format!("bad Host header: {e}")))?;
         {
             let mut pairs = next.query_pairs_mut();
             if let Some(filter) = query.get("$filter") {
@@ -974,7 +1007,7 @@ async fn list_identities(
         }
         body["@odata.nextLink"] = json!(next.as_str());
     }
-    Json(body).into_response()
+    Ok(Json(body).into_response())
 }
 
 async fn get_identity(
@@ -982,89 +1015,54 @@ async fn get_identity(
     uri: OriginalUri,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
+) -> GraphResult<Response> {
     let now = sim.clock.now();
     let mut state = sim.state();
-    let tenant = match state.pass(
-        Gate {
-            headers: &headers,
-            permissions: READ_IDENTITIES,
-        },
-        now,
-    ) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Err(r) = state.device_throttle(&id) {
-        return r;
-    }
-    match state.identity_in(&tenant, &id) {
-        Ok(identity) => Json(state.identity_json(identity, is_beta(&uri), now)).into_response(),
-        Err(r) => r,
-    }
+    let tenant = state.pass(&headers, READ_IDENTITIES, now)?;
+    state.device_throttle(&id)?;
+    let identity = state.identity_in(&tenant, &id)?;
+    Ok(Json(state.identity_json(identity, is_beta(&uri), now)).into_response())
 }
 
 async fn identity_relation(
     State(sim): State<SimTenant>,
     headers: HeaderMap,
     Path((id, relation)): Path<(String, String)>,
-) -> Response {
+) -> GraphResult<Response> {
     let now = sim.clock.now();
     let mut state = sim.state();
-    let tenant = match state.pass(
-        Gate {
-            headers: &headers,
-            permissions: READ_IDENTITIES,
-        },
-        now,
-    ) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+    let tenant = state.pass(&headers, READ_IDENTITIES, now)?;
     if relation != "deploymentProfile" {
-        return graph_error(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("Resource not found for the segment '{relation}'."),
-        );
+        return Err(GraphFault::no_segment(&relation));
     }
-    if let Err(r) = state.device_throttle(&id) {
-        return r;
-    }
-    let identity = match state.identity_in(&tenant, &id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+    state.device_throttle(&id)?;
+    let identity = state.identity_in(&tenant, &id)?;
     let assigned = state.assignment_status(identity, now) == "assignedInSync";
-    match state.profile_of(identity) {
-        Some((name, join)) if assigned => {
-            let (odata_type, profile_id) = match join {
-                JoinKind::Entra => (
-                    "#microsoft.graph.azureADWindowsAutopilotDeploymentProfile",
-                    guid(9, 1),
-                ),
-                JoinKind::Hybrid => (
-                    "#microsoft.graph.activeDirectoryWindowsAutopilotDeploymentProfile",
-                    guid(9, 2),
-                ),
-            };
-            Json(json!({
-                "@odata.type": odata_type,
-                "id": profile_id,
-                "displayName": name,
-                "language": "os-default",
-                "deviceType": "windowsPc",
-                "enableWhiteGlove": identity.allow_preprovisioning,
-                "deviceNameTemplate": "",
-            }))
-            .into_response()
-        }
-        _ => graph_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFound",
+    let Some((name, join)) = state.profile_of(identity).filter(|_| assigned) else {
+        return Err(GraphFault::not_found(
             "No deployment profile is assigned to this device",
+        ));
+    };
+    let (odata_type, profile_id) = match join {
+        JoinKind::Entra => (
+            "#microsoft.graph.azureADWindowsAutopilotDeploymentProfile",
+            guid(9, 1),
         ),
-    }
+        JoinKind::Hybrid => (
+            "#microsoft.graph.activeDirectoryWindowsAutopilotDeploymentProfile",
+            guid(9, 2),
+        ),
+    };
+    Ok(Json(json!({
+        "@odata.type": odata_type,
+        "id": profile_id,
+        "displayName": name,
+        "language": "os-default",
+        "deviceType": "windowsPc",
+        "enableWhiteGlove": identity.allow_preprovisioning,
+        "deviceNameTemplate": "",
+    }))
+    .into_response())
 }
 
 async fn identity_action(
@@ -1073,76 +1071,47 @@ async fn identity_action(
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Response {
+) -> GraphResult<StatusCode> {
     let now = sim.clock.now();
     let mut state = sim.state();
-    let tenant = match state.pass(
-        Gate {
-            headers: &headers,
-            permissions: WRITE_IDENTITIES,
-        },
-        now,
-    ) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let known = [
+    let tenant = state.pass(&headers, WRITE_IDENTITIES, now)?;
+    let everywhere = [
         "assignUserToDevice",
         "unassignUserFromDevice",
         "updateDeviceProperties",
     ];
     let beta_only = action == "allowNextEnrollment";
-    if !(known.contains(&action.as_str()) || (beta_only && is_beta(&uri))) {
-        return graph_error(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("Resource not found for the segment '{action}'."),
-        );
+    if !(everywhere.contains(&action.as_str()) || (beta_only && is_beta(&uri))) {
+        return Err(GraphFault::no_segment(&action));
     }
-    if let Err(r) = state.device_throttle(&id) {
-        return r;
-    }
-    if let Err(r) = state.identity_in(&tenant, &id) {
-        return r;
-    }
+    state.device_throttle(&id)?;
+    state.identity_in(&tenant, &id)?;
     let input: Value = if body.is_empty() {
         json!({})
     } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return graph_error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    &format!("Invalid request body: {e}"),
-                );
-            }
-        }
+        serde_json::from_slice(&body)
+            .map_err(|e| GraphFault::bad_request(format!("Invalid request body: {e}")))?
     };
     let text = |k: &str| input.get(k).and_then(Value::as_str).map(str::to_string);
-    let users_known = state.users.clone();
-    let Some(identity) = state.identities.get_mut(&id) else {
-        return graph_error(StatusCode::NOT_FOUND, "ResourceNotFound", "not found");
-    };
+    let known_users = state.users.clone();
+    let identity = state
+        .identities
+        .get_mut(&id)
+        .ok_or_else(|| GraphFault::not_found("not found"))?;
     match action.as_str() {
         "assignUserToDevice" => {
             let upn = text("userPrincipalName").unwrap_or_default();
             if !upn.contains('@') {
-                return graph_error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
+                return Err(GraphFault::bad_request(
                     "userPrincipalName is required and must be a UPN",
-                );
+                ));
             }
-            if !users_known.is_empty() && !users_known.contains(&upn.to_ascii_lowercase()) {
-                return graph_error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    &format!("User '{upn}' was not found in the directory"),
-                );
+            if !known_users.is_empty() && !known_users.contains(&upn.to_ascii_lowercase()) {
+                return Err(GraphFault::bad_request(format!(
+                    "User '{upn}' was not found in the directory"
+                )));
             }
-            let addressable = text("addressableUserName").unwrap_or_default();
-            identity.user = Some((upn, addressable));
+            identity.user = Some((upn, text("addressableUserName").unwrap_or_default()));
         }
         "unassignUserFromDevice" => identity.user = None,
         "updateDeviceProperties" => {
@@ -1157,109 +1126,54 @@ async fn identity_action(
                 identity.user = (!upn.is_empty()).then_some((upn, addressable));
             }
         }
+        // allowNextEnrollment
         _ => identity.blocked = false,
     }
-    StatusCode::NO_CONTENT.into_response()
-}
-
-fn record_in<'a>(
-    state: &'a TenantState,
-    tenant: &str,
-    id: &str,
-) -> Result<&'a ManagedDevice, Response> {
-    state
-        .managed
-        .get(id)
-        .filter(|r| {
-            state
-                .by_serial(&r.serial)
-                .is_some_and(|i| i.tenant == tenant)
-        })
-        .ok_or_else(|| {
-            graph_error(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFound",
-                &format!("managedDevice {id} not found"),
-            )
-        })
-}
-
-fn identity_of_record(state: &TenantState, record_id: &str) -> Option<String> {
-    state
-        .identities
-        .values()
-        .find(|i| i.managed_device_id.as_deref() == Some(record_id))
-        .map(|i| i.id.clone())
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn get_managed_device(
     State(sim): State<SimTenant>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
+) -> GraphResult<Response> {
     let now = sim.clock.now();
     let mut state = sim.state();
-    let tenant = match state.pass(
-        Gate {
-            headers: &headers,
-            permissions: READ_DEVICES,
-        },
-        now,
-    ) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if let Some(identity) = identity_of_record(&state, &id)
-        && let Err(r) = state.device_throttle(&identity)
-    {
-        return r;
+    let tenant = state.pass(&headers, READ_DEVICES, now)?;
+    if let Some(identity) = state.identity_of_record(&id) {
+        state.device_throttle(&identity)?;
     }
-    match record_in(&state, &tenant, &id) {
-        Ok(record) => Json(json!({
-            "id": id,
-            "serialNumber": record.serial,
-            "complianceState": state.compliance_of(record, now),
-            "managementAgent": "mdm",
-            "operatingSystem": "Windows",
-        }))
-        .into_response(),
-        Err(r) => r,
-    }
+    let record = state.record_in(&tenant, &id)?;
+    Ok(Json(json!({
+        "id": id,
+        "serialNumber": record.serial,
+        "complianceState": state.compliance_of(record, now),
+        "managementAgent": "mdm",
+        "operatingSystem": "Windows",
+    }))
+    .into_response())
 }
 
 async fn delete_managed_device(
     State(sim): State<SimTenant>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
+) -> GraphResult<StatusCode> {
     let now = sim.clock.now();
     let mut state = sim.state();
-    let tenant = match state.pass(
-        Gate {
-            headers: &headers,
-            permissions: WRITE_DEVICES,
-        },
-        now,
-    ) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let identity = identity_of_record(&state, &id);
-    if let Some(identity) = &identity
-        && let Err(r) = state.device_throttle(identity)
-    {
-        return r;
+    let tenant = state.pass(&headers, WRITE_DEVICES, now)?;
+    let identity = state.identity_of_record(&id);
+    if let Some(identity) = &identity {
+        state.device_throttle(identity)?;
     }
-    if let Err(r) = record_in(&state, &tenant, &id) {
-        return r;
-    }
+    state.record_in(&tenant, &id)?;
     state.managed.remove(&id);
     if let Some(identity) = identity.and_then(|i| state.identities.get_mut(&i)) {
         identity.managed_device_id = None;
         identity.enrollment_state = "notContacted";
         identity.blocked = false;
     }
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
@@ -1338,6 +1252,7 @@ mod tests {
             "O'B 1"
         );
         let refused = serial_filter("serialNumber eq 'PF1'").unwrap_err();
-        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert!(refused.message.contains("'eq' is not supported"));
     }
 }
