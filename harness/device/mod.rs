@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod tenant;
+
 pub use crate::model::scenario::{FailureClass, KeyPress, PowerState};
 
 /// A failure talking to a device or to lab equipment.
@@ -224,6 +226,16 @@ pub trait Tenant: Send + Sync {
     async fn unassign_user(&self, identity_id: &str) -> DeviceResult<()>;
     /// The managed device's complianceState.
     async fn compliance(&self, managed_device_id: &str) -> DeviceResult<String>;
+    /// The deployment profile assigned to this identity, `None` if none is (beta
+    /// `deploymentProfile`). Backends that cannot tell keep this default.
+    async fn deployment_profile(
+        &self,
+        identity_id: &str,
+    ) -> DeviceResult<Option<tenant::DeploymentProfile>> {
+        Err(DeviceError::harness(format!(
+            "this tenant backend cannot read the deployment profile of {identity_id}"
+        )))
+    }
 }
 
 /// A device's capabilities as backends, built from its inventory entry.
