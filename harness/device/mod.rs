@@ -7,6 +7,7 @@
 //! failure is understood (a refused TCP connection is `infrastructure`, a failure screen
 //! is `product`), and a hint that tells the lab engineer what to check.
 
+pub mod build;
 pub mod console;
 pub mod keyboard;
 pub mod pikvm;
