@@ -13,5 +13,6 @@
 
 pub mod cli;
 pub mod device;
+pub mod engine;
 pub mod model;
 pub mod sim;
