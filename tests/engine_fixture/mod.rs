@@ -325,8 +325,7 @@ impl Screen for ScriptedScreen {
         Ok(self
             .texts
             .iter()
-            .filter(|(t, _)| *t <= now)
-            .next_back()
+            .rfind(|(t, _)| *t <= now)
             .map(|(_, s)| s.clone())
             .unwrap_or_default())
     }
