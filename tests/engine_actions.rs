@@ -677,3 +677,156 @@ async fn when_filters_continue_on_failure_and_diagnostics_after_a_failure() {
     let saved = dir.path().join("user/diagnostics/dsregcmd.txt");
     assert_eq!(std::fs::read_to_string(saved).unwrap(), DSREGCMD);
 }
+
+#[tokio::test(start_paused = true)]
+async fn wait_until_repeats_a_check_and_reports_the_last_failure_at_its_deadline() {
+    let until = |deadline| {
+        step(
+            "user assigned",
+            Action::Wait(Wait::Until {
+                check: Box::new(screen_check(&[("user", "alice@contoso.lab")], &[])),
+                deadline,
+                interval: mins(1),
+            }),
+        )
+    };
+    let screen = |clock| {
+        ScriptedScreen::new(
+            clock,
+            &[
+                (secs(0), "Profile: Contoso\nUser:\n"),
+                (mins(5), "Profile: Contoso\nUser: alice@contoso.lab\n"),
+            ],
+        )
+    };
+    let mut bench = Bench::new(scenario(vec![phase("technician", vec![until(mins(10))])]));
+    bench.handle.screen = Some(Box::new(screen(bench.clock.clone())));
+    let result = engine::run_case(bench.run()).await;
+    assert_eq!(result.verdict, CaseVerdict::Passed);
+    assert_eq!(result.phases[0].steps[0].elapsed, mins(5));
+
+    let mut bench = Bench::new(scenario(vec![phase("technician", vec![until(mins(3))])]));
+    bench.handle.screen = Some(Box::new(screen(bench.clock.clone())));
+    let result = engine::run_case(bench.run()).await;
+    let (class, message) = failure_message(&result.phases[0].steps[0].status);
+    assert_eq!(class, FailureClass::Timeout);
+    assert_eq!(
+        message,
+        "still not passing after 3m (3 checks); last check: the screen does not show what \
+         was expected: user shows \"\", expected \"alice@contoso.lab\""
+    );
+}
+
+struct PanickingScreen;
+
+#[async_trait::async_trait]
+impl Screen for PanickingScreen {
+    async fn text(&self) -> DeviceResult<String> {
+        panic!("index out of bounds in the OCR parser")
+    }
+    async fn snapshot(&self) -> DeviceResult<Vec<u8>> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn scenario_mistakes_are_config_and_our_bugs_are_harness() {
+    let bad_regex = step(
+        "bad regex",
+        expect(
+            Source::Console,
+            vec![outcome("x", "(unclosed", Verdict::Pass)],
+        ),
+    );
+    let no_keyboard = step(
+        "keys",
+        Action::Keys(vec![KeyPress {
+            key: "MetaLeft".into(),
+            modifiers: vec![],
+            times: 5,
+        }]),
+    );
+    let panics = step("screen", screen_check(&[("profile", "x")], &[]));
+    let mut steps = vec![bad_regex, no_keyboard, panics];
+    for s in &mut steps {
+        s.continue_on_failure = true;
+    }
+    let mut bench = Bench::new(scenario(vec![phase("technician", steps)]));
+    bench.handle.console = Some(Box::new(ScriptedConsole::new(
+        bench.clock.clone(),
+        &[],
+        "/nonexistent".into(),
+    )));
+    bench.handle.keyboard = None;
+    bench.handle.screen = Some(Box::new(PanickingScreen));
+    let result = engine::run_case(bench.run()).await;
+    let steps = &result.phases[0].steps;
+
+    let (class, message) = failure_message(&steps[0].status);
+    assert_eq!(class, FailureClass::Config);
+    assert!(
+        message.starts_with("outcome `x` has an invalid regular expression"),
+        "{message}"
+    );
+
+    let StepStatus::Failed {
+        class,
+        message,
+        hint,
+        ..
+    } = &steps[1].status
+    else {
+        panic!()
+    };
+    assert_eq!(*class, FailureClass::Config);
+    assert_eq!(
+        message,
+        "device `pc01` has no keyboard connection, but step `keys` needs one"
+    );
+    assert_eq!(
+        hint.as_deref(),
+        Some(
+            "add `keyboard` to the device in the inventory, or run the scenario on a device that has it"
+        )
+    );
+
+    let (class, message) = failure_message(&steps[2].status);
+    assert_eq!(class, FailureClass::Harness);
+    assert_eq!(
+        message,
+        "aplab hit a bug while running this step: index out of bounds in the OCR parser"
+    );
+    assert_eq!(result.tolerated_failures, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_template_mistake_is_a_config_failure_pointing_at_the_step() {
+    let typed = step(
+        "tag",
+        Action::Text {
+            text: Template("{{ matrix.nope }}".into()),
+            secret: false,
+        },
+    );
+    let mut bench = Bench::new(scenario(vec![phase("technician", vec![typed])]));
+    bench.handle.keyboard = Some(Box::new(RecordingKeyboard::default()));
+    let result = engine::run_case(bench.run()).await;
+    let StepStatus::Failed {
+        class,
+        message,
+        hint,
+        ..
+    } = &result.phases[0].steps[0].status
+    else {
+        panic!("{:?}", result.phases[0].steps[0].status)
+    };
+    assert_eq!(*class, FailureClass::Config);
+    assert!(
+        message.starts_with("cannot render `{{ matrix.nope }}`"),
+        "{message}"
+    );
+    assert_eq!(
+        hint.as_deref(),
+        Some("check the templates of step `tag` (scenarios/test.yaml:7:5)")
+    );
+}
