@@ -13,6 +13,11 @@
 
 pub mod cli;
 pub mod device;
+pub mod cli;
+pub mod device;
 pub mod engine;
+pub mod fleet;
 pub mod model;
+pub mod report;
 pub mod sim;
+pub mod store;
