@@ -13,8 +13,6 @@
 
 pub mod cli;
 pub mod device;
-pub mod cli;
-pub mod device;
 pub mod engine;
 pub mod fleet;
 pub mod model;
