@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod engine;
 pub mod fleet;
 pub mod model;
 pub mod report;
