@@ -14,5 +14,7 @@
 pub mod cli;
 pub mod device;
 pub mod engine;
+pub mod fleet;
 pub mod model;
 pub mod sim;
+pub mod store;
