@@ -16,5 +16,6 @@ pub mod device;
 pub mod engine;
 pub mod fleet;
 pub mod model;
+pub mod report;
 pub mod sim;
 pub mod store;
