@@ -674,6 +674,13 @@ async fn when_filters_continue_on_failure_and_diagnostics_after_a_failure() {
         &result.verdict,
         CaseVerdict::Failed { step, class: FailureClass::Product, .. } if step == "joined"
     ));
+    // The phase's stopping failure is the first non-tolerated one.
+    let (class, message) = result.phases[0].failure().unwrap();
+    assert_eq!(class, FailureClass::Product);
+    assert_eq!(
+        message,
+        "step `joined`: `dsregcmd`: DomainJoined is \"NO\", expected \"YES\""
+    );
     let saved = dir.path().join("user/diagnostics/dsregcmd.txt");
     assert_eq!(std::fs::read_to_string(saved).unwrap(), DSREGCMD);
 }
