@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 pub mod devices;
 pub mod inputs;
+pub mod run;
 pub mod status;
 
 /// Exit codes, as DESIGN.md fixes them.
@@ -35,6 +36,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run scenarios on the lab's devices (all of them by default: the nightly suite).
+    Run(run::RunArgs),
+    /// Finish an interrupted or crashed run from the ledger.
+    Resume(run::ResumeArgs),
     /// Current and recent runs, devices with health, lease and lifecycle state.
     Status(status::Args),
     /// Every device of the inventory, how it is reached, its health and lease.
@@ -50,6 +55,8 @@ pub fn main() -> ExitCode {
         return ExitCode::from(exit::BAD_INPUT);
     };
     let code = match command {
+        Command::Run(args) => run::run(args),
+        Command::Resume(args) => run::resume(args),
         Command::Status(args) => status::run(args),
         Command::Devices(args) => devices::run(args),
     };

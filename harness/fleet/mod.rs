@@ -6,6 +6,7 @@
 //! production). Every state change goes to the ledger before the runner acts on it,
 //! so `kill -9` at any moment leaves a ledger that `resume` can finish from.
 
+pub mod drive;
 pub mod events;
 pub mod plan;
 pub mod runner;
