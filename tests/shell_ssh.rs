@@ -416,3 +416,28 @@ async fn a_command_that_overruns_its_timeout_fails_as_timeout_and_the_shell_reco
     assert!(err.message.contains("`sleep`"), "{}", err.message);
     assert_eq!(shell.run("true", &[], TIMEOUT).await.unwrap().status, 0);
 }
+
+/// A device still booting (its port accepts and drops the connection) is retried, and
+/// reached once sshd is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_comes_up_during_the_retries_is_reached() {
+    let (mut lab, _) = Lab::trusted();
+    lab.stop();
+    let booting = TcpListener::bind(("127.0.0.1", lab.port)).unwrap();
+    let settings = SshSettings {
+        connect_timeout: Duration::from_secs(10),
+        connect_attempts: 6,
+        retry_backoff: Duration::from_millis(500),
+    };
+    let shell = SshShell::with_settings(lab.conn(HostKeyPolicy::Strict), settings);
+    let command = tokio::spawn(async move { shell.run("true", &[], TIMEOUT).await });
+    // The first attempt reaches the "booting" device, which hangs up on it.
+    let (first_attempt, _) = tokio::task::spawn_blocking(move || booting.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(first_attempt);
+    lab.start("host_a");
+    let out = command.await.unwrap().unwrap();
+    assert_eq!(out.status, 0);
+}
