@@ -386,6 +386,31 @@ async fn the_session_is_reestablished_after_sshd_restarts() {
 }
 
 #[tokio::test]
+async fn a_command_killed_by_a_signal_says_so() {
+    let (_lab, shell) = Lab::trusted();
+    let out = shell
+        .run("sh", &strings(&["-c", "kill -9 $$"]), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(out.status, -1);
+    assert!(
+        out.stderr.contains("killed by signal KILL"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_never_stops_printing_still_times_out() {
+    let (_lab, shell) = Lab::trusted();
+    let err = shell
+        .run("yes", &[], Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::Timeout, "{}", err.message);
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_an_infrastructure_failure() {
     let lab = Lab::new(); // nothing listens on lab.port
     lab.known_hosts_with("host_a");
