@@ -432,14 +432,33 @@ async fn a_refused_connection_is_an_infrastructure_failure() {
 
 #[tokio::test]
 async fn a_command_that_overruns_its_timeout_fails_as_timeout_and_the_shell_recovers() {
-    let (_lab, shell) = Lab::trusted();
+    let (lab, shell) = Lab::trusted();
+    let pid_file = lab.path("sleeper.pid");
+    let script = format!("echo $$ > '{}'; exec sleep 60", pid_file.display());
     let err = shell
-        .run("sleep", &strings(&["60"]), Duration::from_secs(1))
+        .run("sh", &strings(&["-c", &script]), Duration::from_secs(1))
         .await
         .unwrap_err();
     assert_eq!(err.class, FailureClass::Timeout);
-    assert!(err.message.contains("`sleep`"), "{}", err.message);
+    assert!(err.message.contains("`sh`"), "{}", err.message);
     assert_eq!(shell.run("true", &[], TIMEOUT).await.unwrap().status, 0);
+    // Without a PTY, sshd leaves a command running when its session goes; end ours.
+    let deadline = Instant::now() + TIMEOUT;
+    let pid: i32 = loop {
+        // The shell may start late on a loaded machine; the pid is then written late.
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the sleeper never started");
+        std::thread::yield_now();
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// A device still booting (its port accepts and drops the connection) is retried, and
