@@ -386,6 +386,31 @@ async fn the_session_is_reestablished_after_sshd_restarts() {
 }
 
 #[tokio::test]
+async fn a_command_killed_by_a_signal_says_so() {
+    let (_lab, shell) = Lab::trusted();
+    let out = shell
+        .run("sh", &strings(&["-c", "kill -9 $$"]), TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(out.status, -1);
+    assert!(
+        out.stderr.contains("killed by signal KILL"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_command_that_never_stops_printing_still_times_out() {
+    let (_lab, shell) = Lab::trusted();
+    let err = shell
+        .run("yes", &[], Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::Timeout, "{}", err.message);
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_an_infrastructure_failure() {
     let lab = Lab::new(); // nothing listens on lab.port
     lab.known_hosts_with("host_a");
@@ -407,12 +432,56 @@ async fn a_refused_connection_is_an_infrastructure_failure() {
 
 #[tokio::test]
 async fn a_command_that_overruns_its_timeout_fails_as_timeout_and_the_shell_recovers() {
-    let (_lab, shell) = Lab::trusted();
+    let (lab, shell) = Lab::trusted();
+    let pid_file = lab.path("sleeper.pid");
+    let script = format!("echo $$ > '{}'; exec sleep 60", pid_file.display());
     let err = shell
-        .run("sleep", &strings(&["60"]), Duration::from_secs(1))
+        .run("sh", &strings(&["-c", &script]), Duration::from_secs(1))
         .await
         .unwrap_err();
     assert_eq!(err.class, FailureClass::Timeout);
-    assert!(err.message.contains("`sleep`"), "{}", err.message);
+    assert!(err.message.contains("`sh`"), "{}", err.message);
     assert_eq!(shell.run("true", &[], TIMEOUT).await.unwrap().status, 0);
+    // Without a PTY, sshd leaves a command running when its session goes; end ours.
+    let deadline = Instant::now() + TIMEOUT;
+    let pid: i32 = loop {
+        // The shell may start late on a loaded machine; the pid is then written late.
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the sleeper never started");
+        std::thread::yield_now();
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// A device still booting (its port accepts and drops the connection) is retried, and
+/// reached once sshd is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_comes_up_during_the_retries_is_reached() {
+    let (mut lab, _) = Lab::trusted();
+    lab.stop();
+    let booting = TcpListener::bind(("127.0.0.1", lab.port)).unwrap();
+    let settings = SshSettings {
+        connect_timeout: Duration::from_secs(10),
+        connect_attempts: 6,
+        retry_backoff: Duration::from_millis(500),
+    };
+    let shell = SshShell::with_settings(lab.conn(HostKeyPolicy::Strict), settings);
+    let command = tokio::spawn(async move { shell.run("true", &[], TIMEOUT).await });
+    // The first attempt reaches the "booting" device, which hangs up on it.
+    let (first_attempt, _) = tokio::task::spawn_blocking(move || booting.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(first_attempt);
+    lab.start("host_a");
+    let out = command.await.unwrap().unwrap();
+    assert_eq!(out.status, 0);
 }

@@ -275,7 +275,11 @@ async fn a_tpm_that_does_not_answer_is_an_infrastructure_failure() {
     assert!(err.hint.unwrap_or_default().contains(&tcti));
 }
 
-#[tokio::test]
+/// Three operations at once on one device, from two handles, all succeed: each waits
+/// for the device's lock (swtpm would also queue a second client by itself; the lock is
+/// what keeps an exclusive `/dev/tpm0` from failing the second opener, and makes the
+/// operation timeout count the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_on_one_device_are_serialised() {
     let swtpm = Swtpm::start(true);
     // Two handles on the same TCTI, as two steps of one device could hold.
@@ -365,4 +369,24 @@ async fn a_quote_with_the_wrong_nonce_or_signature_is_refused() {
         verify_quote(&public, &first.0, &second.1, b"nonce-one-0123456789abcdef").unwrap_err();
     assert_eq!(err.class, FailureClass::Product);
     assert!(err.message.contains("signature"), "{}", err.message);
+}
+
+/// swtpm serves one client at a time: while another client holds it, an operation
+/// fails as a timeout that says so, and the backend works again once it is released.
+#[tokio::test]
+async fn a_tpm_held_by_another_client_times_out_then_recovers() {
+    let swtpm = Swtpm::start(false);
+    let other_client = TcpStream::connect(("127.0.0.1", swtpm.port)).unwrap();
+    let tpm = TctiTpm::new(swtpm.tcti()).with_timeout(Duration::from_secs(2));
+    let err = tpm.facts().await.unwrap_err();
+    assert_eq!(err.class, FailureClass::Timeout, "{}", err.message);
+    assert!(
+        err.hint
+            .unwrap_or_default()
+            .contains("one client at a time")
+    );
+
+    drop(other_client);
+    let tpm = TctiTpm::new(swtpm.tcti()).with_timeout(Duration::from_secs(60));
+    assert_eq!(tpm.facts().await.unwrap().manufacturer, "IBM");
 }

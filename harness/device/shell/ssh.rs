@@ -209,6 +209,10 @@ impl Target {
         let mut stderr = Output::default();
         let mut buf = vec![0u8; 32 * 1024];
         while !(stdout.done && stderr.done) {
+            // Checked on every round: a command that never stops printing must end too.
+            if Instant::now() >= deadline {
+                return Err(timed_out());
+            }
             let mut progressed = false;
             for (stream_id, output) in [(0, &mut stdout), (1, &mut stderr)] {
                 if output.done {
