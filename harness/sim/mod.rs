@@ -6,3 +6,7 @@
 //! hardware and cannot tell the difference.
 
 pub mod clock;
+pub mod snapshot;
+pub mod ssh;
+pub mod swtpm;
+pub mod windows;

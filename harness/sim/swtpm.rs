@@ -1,0 +1,1 @@
+//! swtpm (in progress).
