@@ -749,7 +749,7 @@ fn get_item_property(s: &WindowsSnapshot, args: &[String]) -> (i32, String, Stri
             String::new(),
             format!(
                 "Get-ItemProperty : Property {name} does not exist at path {}.\n",
-                key.replace("HKEY_LOCAL_MACHINE", "HKEY_LOCAL_MACHINE")
+                key
             ),
         );
     }
@@ -812,7 +812,7 @@ fn channel_events<'a>(s: &'a WindowsSnapshot, channel: &str) -> Vec<&'a WinEvent
         .iter()
         .filter(|e| e.channel.eq_ignore_ascii_case(channel))
         .collect();
-    events.sort_by(|a, b| b.at.cmp(&a.at));
+    events.sort_by_key(|e| std::cmp::Reverse(e.at));
     events
 }
 
@@ -913,7 +913,7 @@ impl WinPath {
         let path = path.replace('/', "\\");
         let trimmed = path.strip_prefix('\\').unwrap_or(&path);
         let mut chars = trimmed.chars();
-        let (drive, rest, relative) = match (chars.next(), chars.next()) {
+        let (mut drive, rest, relative) = match (chars.next(), chars.next()) {
             (Some(d), Some(':')) if d.is_ascii_alphabetic() => {
                 (d.to_ascii_uppercase(), chars.as_str().to_string(), false)
             }
@@ -929,6 +929,15 @@ impl WinPath {
                 "" | "." => {}
                 ".." => {
                     parts.pop();
+                }
+                // A drive inside a path (`/C:/Users/labadmin/C:/x`, as SFTP clients
+                // make of a Windows path they take for relative) starts over there.
+                name if name.len() == 2
+                    && name.ends_with(':')
+                    && name.as_bytes()[0].is_ascii_alphabetic() =>
+                {
+                    drive = char::from(name.as_bytes()[0]).to_ascii_uppercase();
+                    parts.clear();
                 }
                 name => {
                     if name
@@ -1600,6 +1609,7 @@ mod tests {
             (r"..\..\..\..\..\etc\passwd", "/lab/files/C/etc/passwd"),
             ("/../../etc/passwd", "/lab/files/C/etc/passwd"),
             ("d:/x", "/lab/files/D/x"),
+            ("/C:/Users/labadmin/C:/x", "/lab/files/C/x"),
         ] {
             assert_eq!(
                 WinPath::parse(raw).unwrap().local(files),
