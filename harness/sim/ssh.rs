@@ -322,6 +322,7 @@ async fn serve_connection(
     let connection = Connection {
         context: context.clone(),
         channels: HashMap::new(),
+        file_channels: Vec::new(),
     };
     let session = match russh::server::run_stream(context.config.clone(), stream, connection).await
     {
@@ -350,6 +351,8 @@ async fn serve_connection(
 struct Connection {
     context: Arc<DeviceContext>,
     channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Channels running the sftp subsystem: they end when the client sends EOF.
+    file_channels: Vec<ChannelId>,
 }
 
 impl Connection {
@@ -439,6 +442,22 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The client is done with its file transfer: end the subsystem as sshd does, with
+        // an exit status (scp and sftp report failure without one).
+        if let Some(at) = self.file_channels.iter().position(|c| *c == channel) {
+            self.file_channels.swap_remove(at);
+            session.exit_status_request(channel, 0)?;
+            session.eof(channel)?;
+            session.close(channel)?;
+        }
+        Ok(())
+    }
+
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
@@ -454,6 +473,7 @@ impl russh::server::Handler for Connection {
                     open: HashMap::new(),
                     next_handle: 0,
                 };
+                self.file_channels.push(channel);
                 russh_sftp::server::run(open.into_stream(), sftp).await;
             }
             _ => session.channel_failure(channel)?,
