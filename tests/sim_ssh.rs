@@ -358,6 +358,25 @@ async fn the_diagnostics_zip_can_be_fetched_by_sftp_and_scp() {
         std::fs::read(&local).unwrap()
     );
 
+    // The legacy scp protocol (`scp -O`, libssh2's scp_recv) gets the same file.
+    let legacy_local = lab.state.join("fetched-legacy.zip");
+    let mut scp = tokio::process::Command::new("scp");
+    scp.arg("-O")
+        .args(lab.ssh_options(&lab.key_file))
+        .args(["-P", &lab.port.to_string()])
+        .arg("labadmin@127.0.0.1:C:/Users/labadmin/Desktop/diag.zip")
+        .arg(&legacy_local)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), scp.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "scp -O: {}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(&legacy_local).unwrap(),
+        std::fs::read(&local).unwrap()
+    );
+
     // Nothing outside the device's files can be fetched.
     std::fs::write(&batch, "get /C:/../../../../known_hosts\n").unwrap();
     let mut sftp = tokio::process::Command::new("sftp");

@@ -347,6 +347,45 @@ async fn serve_connection(
     }
 }
 
+/// The file a legacy scp download asks for (`scp -f PATH`, what `scp -O` and libssh2's
+/// scp_recv run on the device), or `None` for any other command.
+fn scp_source(command: &str) -> Option<String> {
+    let words: Vec<String> = windows::split_command_line(command)
+        .ok()?
+        .into_iter()
+        .filter_map(|w| match w {
+            windows::Word::Text(t) => Some(t),
+            windows::Word::Pipe => None,
+        })
+        .collect();
+    let (program, args) = words.split_first()?;
+    let program = program.to_ascii_lowercase();
+    if program != "scp" && program != "scp.exe" {
+        return None;
+    }
+    if !args.iter().any(|a| a == "-f") {
+        return None;
+    }
+    args.iter().rev().find(|a| !a.starts_with('-')).cloned()
+}
+
+/// A file of the device: generated from its state (the IME logs) or written by a command.
+fn device_file(
+    target: &dyn ShellTarget,
+    files_dir: &Path,
+    path: &WinPath,
+) -> Result<Vec<u8>, StatusCode> {
+    if let Some(bytes) = windows::generated_file(&target.snapshot(), path) {
+        return Ok(bytes);
+    }
+    let local = path.local(files_dir);
+    match std::fs::symlink_metadata(&local) {
+        Ok(meta) if meta.is_file() => std::fs::read(&local).map_err(|_| StatusCode::Failure),
+        Ok(_) => Err(StatusCode::PermissionDenied),
+        Err(_) => Err(StatusCode::NoSuchFile),
+    }
+}
+
 /// One client connection.
 struct Connection {
     context: Arc<DeviceContext>,
@@ -364,6 +403,73 @@ impl Connection {
             Auth::reject()
         }
     }
+}
+
+impl Connection {
+    /// Answers `scp -f PATH` in the scp protocol's source role, on its own task: the
+    /// client acknowledges each step with a zero byte before the next may be sent.
+    fn send_by_scp(
+        &mut self,
+        channel: ChannelId,
+        raw: &str,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some(open) = self.channels.remove(&channel) else {
+            return session.channel_failure(channel);
+        };
+        session.channel_success(channel)?;
+        let file = WinPath::parse(raw)
+            .ok_or(StatusCode::NoSuchFile)
+            .and_then(|path| {
+                device_file(self.context.target.as_ref(), &self.context.files_dir, &path)
+                    .map(|bytes| (path, bytes))
+            });
+        let raw = raw.to_string();
+        tokio::spawn(async move {
+            let mut open = open;
+            let code = scp_exchange(&mut open, file, &raw).await.unwrap_or(1);
+            let _ = open.exit_status(code).await;
+            let _ = open.eof().await;
+            let _ = open.close().await;
+        });
+        Ok(())
+    }
+}
+
+/// Waits for the client's zero-byte acknowledgement.
+async fn scp_ack(channel: &mut Channel<Msg>) -> Result<(), russh::Error> {
+    while let Some(message) = channel.wait().await {
+        if let russh::ChannelMsg::Data { data } = message {
+            return match data.first() {
+                Some(0) => Ok(()),
+                _ => Err(russh::Error::Disconnect),
+            };
+        }
+    }
+    Err(russh::Error::Disconnect)
+}
+
+/// The exchange itself; returns the exit status to report.
+async fn scp_exchange(
+    channel: &mut Channel<Msg>,
+    file: Result<(WinPath, Vec<u8>), StatusCode>,
+    raw: &str,
+) -> Result<u32, russh::Error> {
+    scp_ack(channel).await?;
+    let Ok((path, bytes)) = file else {
+        let message = format!("\u{1}scp: {raw}: No such file or directory\n");
+        channel.data(message.as_bytes()).await?;
+        return Ok(1);
+    };
+    let name = path.display();
+    let name = name.rsplit('\\').next().unwrap_or("file").to_string();
+    let header = format!("C0644 {} {name}\n", bytes.len());
+    channel.data(header.as_bytes()).await?;
+    scp_ack(channel).await?;
+    channel.data(&bytes[..]).await?;
+    channel.data(&[0u8][..]).await?;
+    scp_ack(channel).await?;
+    Ok(0)
 }
 
 impl russh::server::Handler for Connection {
@@ -403,6 +509,9 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
+        if let Some(path) = scp_source(&command) {
+            return self.send_by_scp(channel, &path, session);
+        }
         let snapshot = self.context.target.snapshot();
         let files_dir = self.context.files_dir.clone();
         let (code, out, err) = tokio::task::spawn_blocking(move || {
@@ -511,17 +620,8 @@ impl FileService {
         WinPath::parse(raw).ok_or(StatusCode::NoSuchFile)
     }
 
-    /// The file's content, from the snapshot for generated logs or from disk.
     fn content(&self, path: &WinPath) -> Result<Vec<u8>, StatusCode> {
-        if let Some(bytes) = windows::generated_file(&self.target.snapshot(), path) {
-            return Ok(bytes);
-        }
-        let local = path.local(&self.files_dir);
-        match std::fs::symlink_metadata(&local) {
-            Ok(meta) if meta.is_file() => std::fs::read(&local).map_err(|_| StatusCode::Failure),
-            Ok(_) => Err(StatusCode::PermissionDenied),
-            Err(_) => Err(StatusCode::NoSuchFile),
-        }
+        device_file(self.target.as_ref(), &self.files_dir, path)
     }
 
     fn attributes(&self, path: &WinPath) -> Result<FileAttributes, StatusCode> {
