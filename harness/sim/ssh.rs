@@ -184,6 +184,75 @@ pub fn write_client_wiring(
     Ok(client.public_key().clone())
 }
 
+/// A path from the inventory, taken relative to the inventory file when it is relative.
+pub fn inventory_path(inventory: &inventory::Inventory, path: &Path) -> PathBuf {
+    match inventory.source.parent() {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// One device's SSH endpoint, ready to start once its device exists.
+pub struct ShellPlan {
+    pub device: ShellDevice,
+    pub host_key: PrivateKey,
+    pub authorized: PublicKey,
+    pub files_dir: PathBuf,
+}
+
+impl ShellPlan {
+    pub fn start(self, target: Arc<dyn ShellTarget>) -> SshEndpoint {
+        SshEndpoint::start(
+            self.device,
+            target,
+            self.host_key,
+            self.authorized,
+            self.files_dir,
+        )
+    }
+}
+
+/// Prepares the SSH side of every simulated device in a virtual-lab inventory: host keys,
+/// the client key pair and known_hosts at the paths the inventory gives (see
+/// [`write_client_wiring`]). Devices without a shell, and labs that are not virtual, get
+/// nothing.
+pub fn prepare_lab_shells(
+    inventory: &inventory::Inventory,
+) -> Result<Vec<ShellPlan>, SshSetupError> {
+    let Some(lab) = &inventory.lab.virtual_lab else {
+        return Ok(Vec::new());
+    };
+    let state_dir = inventory_path(inventory, &lab.state_dir);
+    // Devices sharing a client key and known_hosts file are wired together.
+    let mut groups: Vec<((PathBuf, PathBuf), Vec<ShellDevice>)> = Vec::new();
+    for device in inventory.devices.iter().filter(|d| d.sim.is_some()) {
+        let (Some(conn), Some(shell)) = (&device.shell, ShellDevice::from_inventory(device)) else {
+            continue;
+        };
+        let wiring = (
+            inventory_path(inventory, &conn.key_file),
+            inventory_path(inventory, &conn.known_hosts),
+        );
+        match groups.iter_mut().find(|(w, _)| *w == wiring) {
+            Some((_, devices)) => devices.push(shell),
+            None => groups.push((wiring, vec![shell])),
+        }
+    }
+    let mut plans = Vec::new();
+    for ((key_file, known_hosts), devices) in groups {
+        let authorized = write_client_wiring(&state_dir, &key_file, &known_hosts, &devices)?;
+        for device in devices {
+            plans.push(ShellPlan {
+                host_key: host_key(&state_dir, &device.id)?,
+                files_dir: files_dir(&state_dir, &device.id),
+                authorized: authorized.clone(),
+                device,
+            });
+        }
+    }
+    Ok(plans)
+}
+
 /// Everything a connection needs to know about its device.
 struct DeviceContext {
     device: ShellDevice,
@@ -734,5 +803,91 @@ impl russh_sftp::server::Handler for FileService {
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         self.open.remove(&handle);
         Ok(status(id, StatusCode::Ok, "Ok"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::inventory::*;
+    use std::collections::BTreeMap;
+
+    fn device(id: &str, port: Option<u16>, faults: Vec<Fault>) -> Device {
+        Device {
+            id: id.into(),
+            serial: format!("SN-{id}"),
+            manufacturer: "Dell Inc.".into(),
+            model: "Latitude 7440".into(),
+            windows: Windows {
+                edition: Edition::Enterprise,
+                version: 11,
+                build: None,
+            },
+            tpm: None,
+            tags: BTreeMap::new(),
+            power: None,
+            console: None,
+            keyboard: None,
+            screen: None,
+            shell: port.map(|port| ShellConn {
+                host: "127.0.0.1".into(),
+                port,
+                user: "labadmin".into(),
+                key_file: "lab-state/keys/aplab_ed25519".into(),
+                known_hosts: "lab-state/known_hosts".into(),
+                host_key_policy: HostKeyPolicy::Strict,
+                flavor: ShellFlavor::Powershell,
+            }),
+            tpm_access: None,
+            tenant: None,
+            health_scenario: None,
+            sim: Some(SimDevice {
+                faults,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_inventory_wires_every_simulated_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let inventory = Inventory {
+            source: dir.path().join("lab-inventory.yaml"),
+            lab: Lab {
+                name: "virtual-lab".into(),
+                ledger: "lab-state/ledger.sqlite".into(),
+                reports: "reports".into(),
+                virtual_lab: Some(VirtualLab {
+                    time_scale: 600.0,
+                    state_dir: "lab-state".into(),
+                    control: None,
+                    tenant: None,
+                    tpm_ca_dir: None,
+                }),
+            },
+            tenants: BTreeMap::new(),
+            devices: vec![
+                device("pc01", Some(17401), vec![]),
+                device("pc02", Some(17402), vec![Fault::SshRefusedDuringReboot]),
+                device("pc03", None, vec![]),
+            ],
+        };
+        let plans = prepare_lab_shells(&inventory).unwrap();
+        let ids: Vec<&str> = plans.iter().map(|p| p.device.id.as_str()).collect();
+        assert_eq!(ids, ["pc01", "pc02"]);
+        assert!(!plans[0].device.refuse_during_reboot);
+        assert!(plans[1].device.refuse_during_reboot);
+        let state = dir.path().join("lab-state");
+        assert!(state.join("keys/aplab_ed25519").is_file());
+        assert!(state.join("keys/aplab_ed25519.pub").is_file());
+        let known = std::fs::read_to_string(state.join("known_hosts")).unwrap();
+        assert!(known.contains("[127.0.0.1]:17402 ssh-ed25519 "), "{known}");
+        assert_eq!(plans[1].files_dir, state.join("devices/pc02/files"));
+        // Host keys are stable: preparing again gives the same keys.
+        let again = prepare_lab_shells(&inventory).unwrap();
+        assert_eq!(
+            again[0].host_key.public_key().key_data(),
+            plans[0].host_key.public_key().key_data()
+        );
     }
 }

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::model::inventory::{self, Inventory};
+
 /// Which EK certificate the device's TPM holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EkCertificate {
@@ -192,6 +194,21 @@ impl SwtpmDevice {
         })
     }
 
+    /// The TPM of an inventory device reached through a swtpm TCTI string; `None` when
+    /// the device has no such TPM or the lab is not virtual.
+    pub fn from_inventory(
+        inventory: &Inventory,
+        device: &inventory::Device,
+        ek: EkCertificate,
+    ) -> Option<Result<SwtpmDevice, SwtpmError>> {
+        let lab = inventory.lab.virtual_lab.as_ref()?;
+        let Some(inventory::TpmConn::Tcti(tcti)) = &device.tpm_access else {
+            return None;
+        };
+        let state = crate::sim::ssh::inventory_path(inventory, &lab.state_dir);
+        Some(SwtpmDevice::new(&state, &device.id, tcti, ek))
+    }
+
     fn marker(&self) -> PathBuf {
         self.state_dir.join("provisioned")
     }
@@ -213,6 +230,18 @@ pub struct TpmCas {
 }
 
 impl TpmCas {
+    /// The lab's CAs: the inventory's `tpm_ca` dir, or `<state_dir>/tpm-ca`.
+    pub fn from_inventory(inventory: &Inventory) -> Option<TpmCas> {
+        let lab = inventory.lab.virtual_lab.as_ref()?;
+        let dir = lab
+            .tpm_ca_dir
+            .clone()
+            .unwrap_or_else(|| lab.state_dir.join("tpm-ca"));
+        Some(TpmCas::new(&crate::sim::ssh::inventory_path(
+            inventory, &dir,
+        )))
+    }
+
     /// The lab CA in `dir`; the untrusted one beside it in `<dir>-untrusted`.
     pub fn new(dir: &Path) -> TpmCas {
         let mut other = dir.as_os_str().to_owned();
