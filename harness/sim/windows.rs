@@ -396,11 +396,10 @@ fn dsregcmd(s: &WindowsSnapshot, args: &[String]) -> (i32, String, String) {
     }
     field(&mut out, "EnterprisePrt", "NO");
     section(&mut out, "Diagnostic Data");
-    if let Some(error) = &s.last_error {
-        field(&mut out, "AadRecoveryEnabled", "NO");
+    field(&mut out, "AadRecoveryEnabled", "NO");
+    // Only HRESULTs (join and enrollment errors) show here; app failures do not.
+    if let Some(error) = s.last_error.as_ref().filter(|e| e.starts_with("0x")) {
         field(&mut out, "Last Error", error);
-    } else {
-        field(&mut out, "AadRecoveryEnabled", "NO");
     }
     field(&mut out, "Executing Account Name", "labadmin");
     (0, out, String::new())
