@@ -67,6 +67,11 @@ fn verifies(ca_bundle: &Path, cert: &Path) -> bool {
         .success()
 }
 
+/// A running swtpm (a zombie left by `mem::forget` has an empty command line).
+fn serves_tpm(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
 fn process_alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
@@ -158,6 +163,18 @@ async fn provisioned_tpms_hold_ek_certificates_from_the_lab_ca() {
     std::fs::create_dir_all(&work).unwrap();
     let cert = ek_certificate(&again, &work).unwrap();
     assert_eq!(std::fs::read(cert).unwrap(), first_cert);
+
+    // A lab that crashed left its swtpm running: the next start stops it and takes over.
+    let stale = again.pid().unwrap();
+    std::mem::forget(again);
+    let again = start(&devices[0]).await.unwrap();
+    assert!(!serves_tpm(stale), "the stale swtpm {stale} still runs");
+    let work = dir.path().join("after-crash");
+    std::fs::create_dir_all(&work).unwrap();
+    assert_eq!(
+        std::fs::read(ek_certificate(&again, &work).unwrap()).unwrap(),
+        first_cert
+    );
 
     // Dropping kills the process.
     let pids: Vec<u32> = [&again, &missing, &untrusted]

@@ -328,11 +328,16 @@ pub struct Swtpm {
     device: String,
     port: u16,
     child: Option<Child>,
+    pid_file: PathBuf,
 }
 
 impl Swtpm {
     /// Starts swtpm on the device's state and waits until its control port answers.
+    ///
+    /// An swtpm still serving this device's state from an earlier lab run that did not
+    /// shut down (its pid is in `swtpm.pid`) is stopped first: it would hold the ports.
     pub fn start(device: &SwtpmDevice) -> Result<Swtpm, SwtpmError> {
+        stop_stale(device);
         let log = device.state_dir.join("swtpm.log");
         let stderr = std::fs::File::create(&log).map_err(io_error("create", &log))?;
         let child = Command::new("swtpm")
@@ -356,20 +361,24 @@ impl Swtpm {
                 program: "swtpm",
                 source,
             })?;
+        let pid_file = device.state_dir.join("swtpm.pid");
+        let _ = std::fs::write(&pid_file, child.id().to_string());
         let mut swtpm = Swtpm {
             device: device.id.clone(),
             port: device.port,
             child: Some(child),
+            pid_file,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", device.port + 1)).is_ok() {
-                return Ok(swtpm);
-            }
+            // Exit first: a port answering for another process does not count.
             let exited = swtpm
                 .child
                 .as_mut()
-                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            if !exited && std::net::TcpStream::connect(("127.0.0.1", device.port + 1)).is_ok() {
+                return Ok(swtpm);
+            }
             if exited || Instant::now() > deadline {
                 swtpm.kill();
                 return Err(SwtpmError::NotListening {
@@ -410,6 +419,7 @@ impl Swtpm {
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
                     self.child = None;
+                    let _ = std::fs::remove_file(&self.pid_file);
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -423,8 +433,41 @@ impl Swtpm {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            let _ = std::fs::remove_file(&self.pid_file);
         }
     }
+}
+
+/// Whether `pid` is a live swtpm serving `state_dir` (checked through its command line,
+/// so a reused pid is never mistaken for it).
+fn serves_state(pid: i32, state_dir: &Path) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        cmdline.contains("swtpm") && cmdline.contains(&*state_dir.to_string_lossy())
+    })
+}
+
+/// Stops an swtpm left running on this device's state by an earlier lab run.
+fn stop_stale(device: &SwtpmDevice) {
+    let pid_file = device.state_dir.join("swtpm.pid");
+    let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    if serves_state(pid, &device.state_dir) {
+        tracing::warn!(device = %device.id, pid, "stopping an swtpm left running by an earlier lab run");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while serves_state(pid, &device.state_dir) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(&pid_file);
 }
 
 impl Drop for Swtpm {
