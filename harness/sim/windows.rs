@@ -1593,6 +1593,85 @@ mod tests {
     }
 
     #[test]
+    fn no_input_makes_a_command_panic() {
+        // Every pairing of command names and awkward arguments, in a deterministic sweep.
+        let programs = [
+            "dsregcmd",
+            "Get-Tpm",
+            "reg",
+            "Get-ItemProperty",
+            "Get-WinEvent",
+            "mdmdiagnosticstool.exe",
+            "Get-Service",
+            "Get-Content",
+            "Test-Path",
+            "Remove-Item",
+            "hostname",
+            "&",
+            "|",
+            "",
+        ];
+        let args = [
+            "",
+            "/status",
+            "query",
+            r"HKLM\",
+            "HKLM:",
+            "-Path",
+            "-Name",
+            "/v",
+            "/s",
+            "-LogName",
+            "-MaxEvents",
+            "0",
+            "-1",
+            "99999999999999999999",
+            "-area",
+            "TPM;;",
+            "-zip",
+            "-cab",
+            r"C:\",
+            r"\\?\C:\x",
+            "..",
+            "C:",
+            "'",
+            "''",
+            "\"`",
+            "`",
+            "|",
+            "fl",
+            "\u{0}",
+            "\u{202e}",
+            "ü",
+            "-Path:",
+            "x:y:z",
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = entra(device());
+        s.events.push(WinEvent {
+            id: 0,
+            channel: CHANNELS[0].into(),
+            message: "\u{0}<&>".into(),
+            at: Duration::MAX,
+        });
+        s.technician_completed_at = Some(Duration::MAX);
+        for program in programs {
+            for a in args {
+                for b in args {
+                    let line = format!("{program} {a} {b}");
+                    for snapshot in [&s, &device()] {
+                        let (code, out, err) = run_command(snapshot, &line, dir.path());
+                        assert!(code == 0 || code == 1, "{line}: exit {code}");
+                        for text in [out, err] {
+                            assert!(!text.replace("\r\n", "").contains('\n'), "{line}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn paths_never_leave_files_dir() {
         let files = Path::new("/lab/files");
         for (raw, local) in [
