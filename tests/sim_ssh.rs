@@ -429,3 +429,82 @@ fn known_hosts_lists_every_device_with_its_port() {
     ssh::write_client_wiring(dir.path(), &key_file, &known_hosts, &devices).unwrap();
     assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), written);
 }
+
+/// The harness's own client library (libssh2 through the ssh2 crate) gets the same
+/// answers: strict known_hosts check, key auth, exec with exit status, SFTP and scp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libssh2_runs_commands_and_fetches_files() {
+    let lab = Lab::new();
+    lab.ssh_until(
+        r"& 'mdmdiagnosticstool.exe' '-area' 'Autopilot' '-zip' 'C:\Users\labadmin\diag.zip'",
+        |o| o.status.success(),
+    )
+    .await;
+    let port = lab.port;
+    let key_file = lab.key_file.clone();
+    let known_hosts = lab.known_hosts.clone();
+    let expected_zip =
+        std::fs::read(ssh::files_dir(&lab.state, "pc01").join("C/Users/labadmin/diag.zip"))
+            .unwrap();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut session = ssh2::Session::new().unwrap();
+        session.set_tcp_stream(tcp);
+        session.set_timeout(30_000);
+        session.handshake().unwrap();
+
+        let mut known = session.known_hosts().unwrap();
+        known
+            .read_file(&known_hosts, ssh2::KnownHostFileKind::OpenSSH)
+            .unwrap();
+        let (host_key, _) = session.host_key().unwrap();
+        assert!(matches!(
+            known.check_port("127.0.0.1", port, host_key),
+            ssh2::CheckResult::Match
+        ));
+
+        session
+            .userauth_pubkey_file("labadmin", None, &key_file, None)
+            .unwrap();
+        assert!(session.authenticated());
+
+        let mut channel = session.channel_session().unwrap();
+        channel.exec("& 'Get-Tpm'").unwrap();
+        let mut out = String::new();
+        channel.read_to_string(&mut out).unwrap();
+        channel.wait_close().unwrap();
+        assert_eq!(channel.exit_status().unwrap(), 0);
+        assert!(out.contains("ManufacturerIdTxt         : NTC\r\n"), "{out}");
+
+        let mut channel = session.channel_session().unwrap();
+        channel.exec("& 'Get-Nothing'").unwrap();
+        let mut err = String::new();
+        channel.stderr().read_to_string(&mut err).unwrap();
+        channel.wait_close().unwrap();
+        assert_eq!(channel.exit_status().unwrap(), 1);
+        assert!(err.contains("is not recognized"), "{err}");
+
+        let sftp = session.sftp().unwrap();
+        let mut file = sftp.open(Path::new("/C:/Users/labadmin/diag.zip")).unwrap();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes, expected_zip);
+        drop(file);
+        drop(sftp);
+
+        let (mut remote, stat) = session
+            .scp_recv(Path::new("C:/Users/labadmin/diag.zip"))
+            .unwrap();
+        assert_eq!(stat.size(), expected_zip.len() as u64);
+        let mut bytes = Vec::new();
+        remote.read_to_end(&mut bytes).unwrap();
+        remote.send_eof().unwrap();
+        remote.wait_eof().unwrap();
+        remote.close().unwrap();
+        remote.wait_close().unwrap();
+        assert_eq!(bytes, expected_zip);
+    })
+    .await
+    .unwrap();
+}

@@ -416,9 +416,15 @@ async fn serve_connection(
     }
 }
 
-/// The file a legacy scp download asks for (`scp -f PATH`, what `scp -O` and libssh2's
-/// scp_recv run on the device), or `None` for any other command.
-fn scp_source(command: &str) -> Option<String> {
+/// A legacy scp download: `scp -f PATH` (`-pf` also asks for the file's times), what
+/// `scp -O` and libssh2's scp_recv run on the device.
+struct ScpDownload {
+    path: String,
+    with_times: bool,
+}
+
+/// The scp download a command asks for, or `None` for any other command.
+fn scp_download(command: &str) -> Option<ScpDownload> {
     let words: Vec<String> = windows::split_command_line(command)
         .ok()?
         .into_iter()
@@ -432,10 +438,19 @@ fn scp_source(command: &str) -> Option<String> {
     if program != "scp" && program != "scp.exe" {
         return None;
     }
-    if !args.iter().any(|a| a == "-f") {
+    let flags: String = args
+        .iter()
+        .filter(|a| a.starts_with('-') && !a.starts_with("--"))
+        .flat_map(|a| a.chars().skip(1))
+        .collect();
+    if !flags.contains('f') {
         return None;
     }
-    args.iter().rev().find(|a| !a.starts_with('-')).cloned()
+    let path = args.iter().rev().find(|a| !a.starts_with('-')).cloned()?;
+    Some(ScpDownload {
+        path,
+        with_times: flags.contains('p'),
+    })
 }
 
 /// A file of the device: generated from its state (the IME logs) or written by a command.
@@ -480,9 +495,10 @@ impl Connection {
     fn send_by_scp(
         &mut self,
         channel: ChannelId,
-        raw: &str,
+        download: ScpDownload,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
+        let raw = download.path.as_str();
         let Some(open) = self.channels.remove(&channel) else {
             return session.channel_failure(channel);
         };
@@ -493,10 +509,21 @@ impl Connection {
                 device_file(self.context.target.as_ref(), &self.context.files_dir, &path)
                     .map(|bytes| (path, bytes))
             });
-        let raw = raw.to_string();
+        let mtime = file
+            .as_ref()
+            .ok()
+            .and_then(|(path, _)| std::fs::metadata(path.local(&self.context.files_dir)).ok())
+            .and_then(|m| m.modified().ok())
+            .unwrap_or_else(std::time::SystemTime::now)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let times = download.with_times.then_some(mtime);
         tokio::spawn(async move {
             let mut open = open;
-            let code = scp_exchange(&mut open, file, &raw).await.unwrap_or(1);
+            let code = scp_exchange(&mut open, file, times, &download.path)
+                .await
+                .unwrap_or(1);
             let _ = open.exit_status(code).await;
             let _ = open.eof().await;
             let _ = open.close().await;
@@ -505,14 +532,19 @@ impl Connection {
     }
 }
 
-/// Waits for the client's zero-byte acknowledgement.
-async fn scp_ack(channel: &mut Channel<Msg>) -> Result<(), russh::Error> {
+/// Waits for the client's zero-byte acknowledgement. After the last file a client may
+/// instead just send EOF (libssh2's scp_recv does), which ends the exchange as well.
+async fn scp_ack(channel: &mut Channel<Msg>, last: bool) -> Result<(), russh::Error> {
     while let Some(message) = channel.wait().await {
-        if let russh::ChannelMsg::Data { data } = message {
-            return match data.first() {
-                Some(0) => Ok(()),
-                _ => Err(russh::Error::Disconnect),
-            };
+        match message {
+            russh::ChannelMsg::Data { data } => {
+                return match data.first() {
+                    Some(0) => Ok(()),
+                    _ => Err(russh::Error::Disconnect),
+                };
+            }
+            russh::ChannelMsg::Eof if last => return Ok(()),
+            _ => {}
         }
     }
     Err(russh::Error::Disconnect)
@@ -522,22 +554,28 @@ async fn scp_ack(channel: &mut Channel<Msg>) -> Result<(), russh::Error> {
 async fn scp_exchange(
     channel: &mut Channel<Msg>,
     file: Result<(WinPath, Vec<u8>), StatusCode>,
+    times: Option<u64>,
     raw: &str,
 ) -> Result<u32, russh::Error> {
-    scp_ack(channel).await?;
+    scp_ack(channel, false).await?;
     let Ok((path, bytes)) = file else {
         let message = format!("\u{1}scp: {raw}: No such file or directory\n");
         channel.data(message.as_bytes()).await?;
         return Ok(1);
     };
+    if let Some(mtime) = times {
+        let line = format!("T{mtime} 0 {mtime} 0\n");
+        channel.data(line.as_bytes()).await?;
+        scp_ack(channel, false).await?;
+    }
     let name = path.display();
     let name = name.rsplit('\\').next().unwrap_or("file").to_string();
     let header = format!("C0644 {} {name}\n", bytes.len());
     channel.data(header.as_bytes()).await?;
-    scp_ack(channel).await?;
+    scp_ack(channel, false).await?;
     channel.data(&bytes[..]).await?;
     channel.data(&[0u8][..]).await?;
-    scp_ack(channel).await?;
+    scp_ack(channel, true).await?;
     Ok(0)
 }
 
@@ -578,8 +616,8 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
-        if let Some(path) = scp_source(&command) {
-            return self.send_by_scp(channel, &path, session);
+        if let Some(download) = scp_download(&command) {
+            return self.send_by_scp(channel, download, session);
         }
         let snapshot = self.context.target.snapshot();
         let files_dir = self.context.files_dir.clone();
