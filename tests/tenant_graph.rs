@@ -11,6 +11,7 @@ use aplab::device::tenant::{
     GraphTenant, Poll, Unblock, settle_compliance, unblock_reenrollment, wait_profile_assigned,
 };
 use aplab::device::{FailureClass, Tenant};
+use aplab::model::inventory::{Credential, SecretRef};
 use aplab::sim::tenant::{JoinKind, Settings, TenantView};
 use tenant_lab::*;
 
@@ -497,4 +498,45 @@ async fn enrollment_refusals_carry_the_windows_codes() {
         view.begin_enrollment("KIOSK1", now).unwrap_err().code,
         "809"
     );
+}
+
+#[tokio::test]
+async fn a_certificate_credential_signs_a_client_assertion() {
+    let lab = TestLab::start_with_certificate(vec![device("pc01", "PF1ABC")]).await;
+    let graph = lab.graph();
+    assert_eq!(
+        graph.identity("PF1ABC").await.unwrap().serial_number,
+        "PF1ABC"
+    );
+    assert_eq!(lab.sim.stats().tokens_issued, 1);
+
+    // A key that does not belong to the registered certificate is refused.
+    let (_, other_key) = certificate_pair(lab.dir(), "stranger");
+    let mut wrong = lab.config.clone();
+    if let Credential::Certificate { key, .. } = &mut wrong.credential {
+        *key = SecretRef::File(other_key);
+    }
+    let err = GraphTenant::with_policy(&wrong, fast_policy())
+        .unwrap()
+        .identity("PF1ABC")
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::Config);
+    assert_eq!(err.code.as_deref(), Some("invalid_client"));
+    assert!(err.message.contains("AADSTS700027"), "{}", err.message);
+    assert!(err.hint.unwrap().contains("certificate"));
+
+    // Another certificate (its own key) is not the registered one either.
+    let (other_cert, other_key) = certificate_pair(lab.dir(), "impostor");
+    wrong.credential = Credential::Certificate {
+        certificate: other_cert,
+        key: SecretRef::File(other_key),
+    };
+    let err = GraphTenant::with_policy(&wrong, fast_policy())
+        .unwrap()
+        .identity("PF1ABC")
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("x5t#S256"), "{}", err.message);
+    assert_eq!(lab.sim.stats().tokens_issued, 1);
 }

@@ -104,6 +104,15 @@ impl Default for Settings {
     }
 }
 
+/// What an app proves itself with.
+#[derive(Debug, Clone)]
+pub enum AppCredential {
+    Secret(String),
+    /// The PEM certificate uploaded to the app: client assertions must be signed by its
+    /// key and name it in `x5t#S256`.
+    Certificate(String),
+}
+
 /// One app registration the tenant accepts.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -111,7 +120,7 @@ pub struct App {
     pub tenant: String,
     pub tenant_id: String,
     pub client_id: String,
-    pub client_secret: String,
+    pub credential: AppCredential,
     pub organization: String,
     /// Display name of the Entra profile (the inventory's expected profile, if given).
     pub entra_profile: String,
@@ -224,19 +233,25 @@ impl TenantState {
         let mut apps = Vec::new();
         let mut users = BTreeSet::new();
         for (name, config) in &inventory.tenants {
-            let Credential::ClientSecret(secret) = &config.credential else {
-                // Certificate credentials are not served by the sim; such a tenant
-                // accepts no token request.
-                continue;
+            let credential = match &config.credential {
+                Credential::ClientSecret(secret) => AppCredential::Secret(
+                    read_secret(secret).map_err(|e| format!("virtual tenant {name}: {e}"))?,
+                ),
+                Credential::Certificate { certificate, .. } => AppCredential::Certificate(
+                    std::fs::read_to_string(certificate).map_err(|e| {
+                        format!(
+                            "virtual tenant {name}: cannot read certificate {}: {e}",
+                            certificate.display()
+                        )
+                    })?,
+                ),
             };
-            let client_secret =
-                read_secret(secret).map_err(|e| format!("virtual tenant {name}: {e}"))?;
             users.extend(config.users.values().map(|u| u.upn.to_ascii_lowercase()));
             apps.push(App {
                 tenant: name.clone(),
                 tenant_id: config.tenant_id.clone(),
                 client_id: config.client_id.clone(),
-                client_secret,
+                credential,
                 organization: config
                     .organization
                     .clone()
@@ -716,9 +731,86 @@ fn login_error(status: StatusCode, error: &str, description: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The URL the client posted to, as the `aud` of its client assertion must name it.
+fn token_url(headers: &HeaderMap, tenant_id: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}/{tenant_id}/oauth2/v2.0/token")
+}
+
+/// Checks a client secret, or a client assertion against the app's certificate, as
+/// Entra does; the error is the AADSTS description.
+fn check_credential(
+    app: &App,
+    form: &HashMap<String, String>,
+    audience: &str,
+) -> Result<(), String> {
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    match &app.credential {
+        AppCredential::Secret(secret) if field("client_secret") == secret => Ok(()),
+        AppCredential::Secret(_) => Err(format!(
+            "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the \
+             request is the client secret value, not the client secret ID, for a secret added \
+             to app '{}'.",
+            app.client_id
+        )),
+        AppCredential::Certificate(certificate) => {
+            let refused = |why: &str| {
+                Err(format!(
+                    "AADSTS700027: Client assertion failed signature validation. ({why})"
+                ))
+            };
+            if field("client_assertion_type")
+                != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            {
+                return Err(format!(
+                    "AADSTS7000218: The request body must contain the following parameter: \
+                     'client_assertion' or 'client_secret' (app '{}').",
+                    app.client_id
+                ));
+            }
+            let assertion = field("client_assertion");
+            let Ok(header) = jsonwebtoken::decode_header(assertion) else {
+                return refused("not a JWT");
+            };
+            let thumbprint = pem::parse(certificate).ok().map(|p| {
+                use base64::Engine;
+                use sha2::Digest;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(sha2::Sha256::digest(p.contents()))
+            });
+            if header.x5t_s256.is_none() || header.x5t_s256 != thumbprint {
+                return refused("the certificate named by x5t#S256 is not registered");
+            }
+            let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(certificate.as_bytes()) else {
+                return refused("the registered certificate has no RSA key");
+            };
+            let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+            validation.set_audience(&[audience]);
+            validation.set_issuer(&[app.client_id.as_str()]);
+            validation.sub = Some(app.client_id.clone());
+            validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+            match jsonwebtoken::decode::<Value>(assertion, &key, &validation) {
+                Ok(_) => Ok(()),
+                Err(e) => match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature
+                    | jsonwebtoken::errors::ErrorKind::ImmatureSignature => Err(
+                        "AADSTS700024: Client assertion is not within its valid time range."
+                            .to_string(),
+                    ),
+                    _ => refused(&e.to_string()),
+                },
+            }
+        }
+    }
+}
+
 async fn token(
     State(sim): State<SimTenant>,
     Path(tenant_id): Path<String>,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     let now = sim.clock.now();
@@ -766,17 +858,10 @@ async fn token(
                     field("client_id")
                 ),
             )),
-            Some(app) if app.client_secret != field("client_secret") => Err((
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                format!(
-                    "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent \
-                     in the request is the client secret value, not the client secret ID, for a \
-                     secret added to app '{}'.",
-                    app.client_id
-                ),
-            )),
-            Some(app) => Ok(app.tenant.clone()),
+            Some(app) => match check_credential(app, &form, &token_url(&headers, &tenant_id)) {
+                Ok(()) => Ok(app.tenant.clone()),
+                Err(description) => Err((StatusCode::UNAUTHORIZED, "invalid_client", description)),
+            },
         }
     };
     match outcome {
@@ -1185,7 +1270,7 @@ mod tests {
             tenant: "lab".into(),
             tenant_id: "t1".into(),
             client_id: "c1".into(),
-            client_secret: "s".into(),
+            credential: AppCredential::Secret("s".into()),
             organization: "Contoso".into(),
             entra_profile: ENTRA_PROFILE.into(),
         };
