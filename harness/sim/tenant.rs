@@ -588,6 +588,33 @@ impl SimTenant {
         change(&mut self.state().settings);
     }
 
+    /// Seeds the tenant from the inventory and serves it where the inventory says
+    /// (`lab.virtual_lab.tenant`, on 127.0.0.1 only).
+    pub async fn start(
+        inventory: &Inventory,
+        clock: Arc<LabClock>,
+        settings: Settings,
+    ) -> Result<(SimTenant, TenantServer), String> {
+        let endpoint = inventory
+            .lab
+            .virtual_lab
+            .as_ref()
+            .and_then(|v| v.tenant.as_ref())
+            .ok_or("the inventory has no lab.virtual_lab.tenant endpoint")?;
+        if endpoint.host != "127.0.0.1" && endpoint.host != "localhost" {
+            return Err(format!(
+                "the virtual tenant listens on 127.0.0.1 only, not {}",
+                endpoint.host
+            ));
+        }
+        let sim = SimTenant::new(TenantState::from_inventory(inventory, settings)?, clock);
+        let addr = SocketAddr::from(([127, 0, 0, 1], endpoint.port));
+        let server = sim.serve(addr).await.map_err(|e| {
+            format!("cannot listen on {addr} for the virtual tenant: {e} (is the port in use?)")
+        })?;
+        Ok((sim, server))
+    }
+
     /// Serves the Graph-style API and the token endpoint on `addr` (127.0.0.1:0 in tests).
     pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<TenantServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -12,7 +12,7 @@ use aplab::model::inventory::{
     TenantConfig, TenantUser, VirtualLab, Windows,
 };
 use aplab::sim::clock::LabClock;
-use aplab::sim::tenant::{Settings, SimTenant, TenantServer, TenantState};
+use aplab::sim::tenant::{Settings, SimTenant, TenantServer};
 
 pub const SECRET: &str = "lab-secret-Zq8~do-not-print";
 pub const TENANT_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -154,12 +154,10 @@ impl TestLab {
             tenants: BTreeMap::from([("lab".to_string(), config.clone())]),
             devices,
         };
-        let state = TenantState::from_inventory(&inventory, settings).expect("seed the tenant");
-        let sim = SimTenant::new(state, Arc::new(LabClock::new(scale)));
-        let server = sim
-            .serve("127.0.0.1:0".parse().expect("address"))
+        let clock = Arc::new(LabClock::new(scale));
+        let (sim, server) = SimTenant::start(&inventory, clock, settings)
             .await
-            .expect("serve the virtual tenant");
+            .expect("start the virtual tenant");
         config.graph_url = server.url();
         config.login_url = server.url();
         inventory.tenants.insert("lab".into(), config.clone());

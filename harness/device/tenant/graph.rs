@@ -468,8 +468,17 @@ impl GraphTenant {
     }
 
     pub fn with_policy(config: &TenantConfig, policy: RetryPolicy) -> DeviceResult<Self> {
-        // Check the URL now: a typo should fail before any device is touched.
+        // Check the URLs now: a typo should fail before any device is touched.
         GraphCall::compliance("x").url(&config.graph_url)?;
+        reqwest::Url::parse(&super::token::token_url(config)).map_err(|e| {
+            DeviceError::config(format!(
+                "login_url \"{}\" is not a URL: {e}",
+                config.login_url
+            ))
+            .with_hint(
+                "e.g. https://login.microsoftonline.com (or the sovereign cloud's login host)",
+            )
+        })?;
         let http = reqwest::Client::builder()
             .connect_timeout(policy.connect_timeout)
             .user_agent(concat!("aplab/", env!("CARGO_PKG_VERSION")))
@@ -729,6 +738,31 @@ mod tests {
             url.path(),
             "/v1.0/deviceManagement/managedDevices/..%2F..%2Fme"
         );
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors() {
+        let mut config = TenantConfig {
+            name: "t".into(),
+            tenant_id: "tid".into(),
+            client_id: "cid".into(),
+            credential: crate::model::inventory::Credential::ClientSecret(
+                crate::model::inventory::SecretRef::Env("X".into()),
+            ),
+            graph_url: "graph.microsoft.com".into(),
+            login_url: "https://login.microsoftonline.com".into(),
+            users: Default::default(),
+            organization: None,
+            profile: None,
+        };
+        let err = GraphTenant::new(&config).unwrap_err();
+        assert!(err.message.contains("graph_url"), "{}", err.message);
+        config.graph_url = "https://graph.microsoft.com".into();
+        config.login_url = "login".into();
+        let err = GraphTenant::new(&config).unwrap_err();
+        assert!(err.message.contains("login_url"), "{}", err.message);
+        config.login_url = "https://login.microsoftonline.us".into();
+        assert!(GraphTenant::new(&config).is_ok());
     }
 
     #[test]

@@ -17,9 +17,19 @@ pub mod token;
 use std::time::Duration;
 
 use crate::device::{AutopilotIdentity, DeviceError, DeviceResult, Tenant};
+use crate::model::inventory::TenantConfig;
 
 pub use dryrun::DryRunTenant;
 pub use graph::{GraphTenant, RetryPolicy};
+
+/// The tenant backend for a credential set: Graph, or the dry-run that only prints.
+pub fn connect(config: &TenantConfig, dry_run: bool) -> DeviceResult<Box<dyn Tenant>> {
+    if dry_run {
+        Ok(Box::new(DryRunTenant::to_stdout(config)))
+    } else {
+        Ok(Box::new(GraphTenant::new(config)?))
+    }
+}
 
 /// Firmware placeholders OEMs leave in the SMBIOS serial field. A lookup by such a
 /// "serial" would match unrelated devices (`contains` filter), so it is refused.
