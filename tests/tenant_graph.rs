@@ -540,3 +540,136 @@ async fn a_certificate_credential_signs_a_client_assertion() {
     assert!(err.message.contains("x5t#S256"), "{}", err.message);
     assert_eq!(lab.sim.stats().tokens_issued, 1);
 }
+
+#[tokio::test]
+async fn an_imported_hardware_hash_registers_the_device() {
+    let unregistered = with_sim(device("pc09", "NEW0009"), |s| s.registered = false);
+    let lab = TestLab::start(
+        vec![unregistered, device("pc01", "PF1ABC")],
+        600.0,
+        Settings::default(),
+    )
+    .await;
+    let graph = lab.graph();
+    let mut view = lab.sim.clone();
+    assert_eq!(
+        view.begin_enrollment("NEW0009", lab.sim.clock().now())
+            .unwrap_err()
+            .code,
+        "807"
+    );
+    assert_eq!(
+        graph.identity("NEW0009").await.unwrap_err().class,
+        FailureClass::Config
+    );
+
+    // A hash that is not base64 is refused before any call.
+    let before = lab.sim.stats().graph_requests;
+    let bad = graph
+        .import_identity("NEW0009", "not base64!", "entra", poll())
+        .await;
+    assert_eq!(bad.unwrap_err().class, FailureClass::Config);
+    assert_eq!(lab.sim.stats().graph_requests, before);
+
+    // The import answers pending, then complete; the profile is assigned minutes later.
+    let hash = "T0EzIGhhcmR3YXJlIGhhc2g=";
+    let ztd_id = graph
+        .import_identity("NEW0009", hash, "entra", poll())
+        .await
+        .unwrap();
+    let identity = graph.identity("NEW0009").await.unwrap();
+    assert_eq!(identity.id, ztd_id);
+    assert_eq!(identity.deployment_profile_assignment_status, "pending");
+    wait_profile_assigned(&graph, "NEW0009", poll())
+        .await
+        .unwrap();
+    let enrollment = view
+        .begin_enrollment("NEW0009", lab.sim.clock().now())
+        .unwrap();
+    assert_eq!(enrollment.ztd_id, ztd_id);
+
+    // Importing a registered device again fails with the service's reason.
+    let again = graph
+        .import_identity("PF1ABC", hash, "entra", poll())
+        .await
+        .unwrap_err();
+    assert_eq!(again.class, FailureClass::Config);
+    assert_eq!(again.code.as_deref(), Some("806"));
+    assert!(
+        again.message.contains("ZtdDeviceAlreadyAssigned"),
+        "{}",
+        again.message
+    );
+}
+
+#[tokio::test]
+async fn the_sim_tenant_answers_as_graph_does() {
+    let lab = TestLab::start(vec![device("pc01", "PF1ABC")], 1.0, Settings::default()).await;
+    let http = reqwest::Client::new();
+    let base = lab.server.url();
+    let url = format!("{base}/beta/deviceManagement/windowsAutopilotDeviceIdentities");
+
+    let anonymous = http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: serde_json::Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+
+    let token: serde_json::Value = http
+        .post(format!("{base}/{TENANT_ID}/oauth2/v2.0/token"))
+        .form(&[
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("scope", &format!("{base}/.default")),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["expires_in"], 3600);
+    let bearer = token["access_token"].as_str().unwrap().to_string();
+
+    let beta: serde_json::Value = http
+        .get(&url)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        beta["value"][0]["deploymentProfileAssignmentStatus"],
+        "assignedInSync"
+    );
+    assert_eq!(
+        beta["value"][0]["managedDeviceId"],
+        "00000000-0000-0000-0000-000000000000"
+    );
+    let v1_url = url.replace("/beta/", "/v1.0/");
+    let v1: serde_json::Value = http
+        .get(&v1_url)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        v1["value"][0]
+            .get("deploymentProfileAssignmentStatus")
+            .is_none(),
+        "beta only"
+    );
+
+    lab.sim.throttle_next(1);
+    let throttled = http.get(&url).bearer_auth(&bearer).send().await.unwrap();
+    assert_eq!(throttled.status(), 429);
+    assert_eq!(throttled.headers()["retry-after"], "1");
+    let body: serde_json::Value = throttled.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "TooManyRequests");
+}

@@ -5,9 +5,10 @@ mod tenant_lab;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aplab::device::tenant::preflight::{Problem, Target, preflight};
-use aplab::device::tenant::{DryRunTenant, Unblock, unblock_reenrollment};
+use aplab::device::tenant::{DryRunTenant, Poll, Unblock, unblock_reenrollment};
 use aplab::device::{FailureClass, Tenant};
 use aplab::sim::tenant::{Settings, TenantView};
 use tenant_lab::*;
@@ -175,6 +176,10 @@ async fn dry_run_prints_calls_with_secrets_redacted_and_sends_none() {
         .await
         .unwrap();
     dry.compliance(&identity.managed_device_id).await.unwrap();
+    let poll = Poll::new(Duration::from_millis(10), Duration::from_secs(1));
+    dry.import_identity("PF1ABC", "T0E=", "entra", poll)
+        .await
+        .unwrap();
     let problems = preflight(&dry, &targets(&lab), None).await;
     assert!(problems.iter().all(|p| !p.blocking), "{problems:#?}");
 
@@ -213,6 +218,10 @@ async fn dry_run_prints_calls_with_secrets_redacted_and_sends_none() {
         "DELETE {base}/v1.0/deviceManagement/managedDevices/"
     )));
     assert!(text.contains("needs DeviceManagementManagedDevices.ReadWrite.All"));
+    assert!(text.contains(&format!(
+        "POST {base}/v1.0/deviceManagement/importedWindowsAutopilotDeviceIdentities/import"
+    )));
+    assert!(text.contains(r#""hardwareIdentifier":"T0E=""#), "{text}");
 
     let stats = lab.sim.stats();
     assert_eq!(

@@ -176,8 +176,11 @@ pub struct TenantState {
     settings: Settings,
     identities: BTreeMap<String, Identity>,
     managed: BTreeMap<String, ManagedDevice>,
-    /// Serials of devices the inventory lists as not registered.
-    unregistered: BTreeSet<String>,
+    /// Devices the inventory lists as not registered, by serial, as they will be once
+    /// their hardware hash is imported.
+    unregistered: BTreeMap<String, Identity>,
+    /// Hardware hash imports by id: their `state`, `complete` once read back.
+    imports: BTreeMap<String, Value>,
     /// Known users by UPN (from the inventory); empty = accept any UPN.
     users: BTreeSet<String>,
     tokens: HashMap<String, (String, LabTime)>,
@@ -215,7 +218,8 @@ impl TenantState {
             settings,
             identities: BTreeMap::new(),
             managed: BTreeMap::new(),
-            unregistered: BTreeSet::new(),
+            unregistered: BTreeMap::new(),
+            imports: BTreeMap::new(),
             users: BTreeSet::new(),
             tokens: HashMap::new(),
             permissions: ALL_PERMISSIONS.iter().map(|p| p.to_string()).collect(),
@@ -273,10 +277,6 @@ impl TenantState {
                 allow_preprovisioning: true,
                 ..SimDevice::default()
             });
-            if !sim.registered {
-                state.unregistered.insert(device.serial.clone());
-                continue;
-            }
             let group_tag = ["group_tag", "group-tag", "groupTag"]
                 .iter()
                 .find_map(|k| device.tags.get(*k).cloned())
@@ -289,17 +289,23 @@ impl TenantState {
                     _ => 0,
                 })
                 .sum();
-            state.register(
+            let id = state.register(
                 tenant,
                 &device.serial,
                 &device.model,
                 &device.manufacturer,
                 &group_tag,
             );
-            if let Some(identity) = state.by_serial_mut(&device.serial) {
-                identity.allow_preprovisioning = sim.allow_preprovisioning;
-                identity.esp_enabled = !sim.esp_disabled;
-                identity.throttle = throttle;
+            let Some(mut identity) = state.identities.remove(&id) else {
+                continue;
+            };
+            identity.allow_preprovisioning = sim.allow_preprovisioning;
+            identity.esp_enabled = !sim.esp_disabled;
+            identity.throttle = throttle;
+            if sim.registered {
+                state.identities.insert(id, identity);
+            } else {
+                state.unregistered.insert(device.serial.clone(), identity);
             }
         }
         Ok(state)
@@ -635,6 +641,14 @@ impl SimTenant {
             .route(
                 "/deviceManagement/managedDevices/{id}",
                 get(get_managed_device).delete(delete_managed_device),
+            )
+            .route(
+                "/deviceManagement/importedWindowsAutopilotDeviceIdentities/import",
+                post(import_identities),
+            )
+            .route(
+                "/deviceManagement/importedWindowsAutopilotDeviceIdentities/{id}",
+                get(get_import),
             );
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
@@ -1286,6 +1300,104 @@ async fn delete_managed_device(
         identity.blocked = false;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `importedWindowsAutopilotDeviceIdentities/import`: registers each device (a new
+/// identity whose profile assignment is `pending` for a while, as after a real import).
+/// The import answers `pending`; reading it back shows `complete`.
+/// The hardware hash must be padded base64; a serial already registered is refused with
+/// 806 (ZtdDeviceAlreadyAssigned).
+async fn import_identities(
+    State(sim): State<SimTenant>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> GraphResult<Response> {
+    use base64::Engine;
+    let now = sim.clock.now();
+    let mut state = sim.state();
+    let tenant = state.pass(&headers, WRITE_IDENTITIES, now)?;
+    let input: Value = serde_json::from_slice(&body)
+        .map_err(|e| GraphFault::bad_request(format!("Invalid request body: {e}")))?;
+    let items = input
+        .get("importedWindowsAutopilotDeviceIdentities")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            GraphFault::bad_request("importedWindowsAutopilotDeviceIdentities is required")
+        })?;
+    let mut results = Vec::new();
+    for item in items {
+        let text = |k: &str| {
+            item.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let serial = text("serialNumber");
+        let hash = text("hardwareIdentifier");
+        let import_id = state.new_id(4);
+        let hash_ok = !hash.is_empty()
+            && base64::engine::general_purpose::STANDARD
+                .decode(hash.as_bytes())
+                .is_ok();
+        let (status, code, name, registration) = if serial.trim().is_empty() || !hash_ok {
+            ("error", 0, "InvalidHardwareHash", String::new())
+        } else if state.by_serial(&serial).is_some() {
+            ("error", 806, "ZtdDeviceAlreadyAssigned", String::new())
+        } else {
+            // A device the inventory knows keeps its sim flags; another one is generic.
+            let known = state.unregistered.remove(&serial);
+            let id = state.register(&tenant, &serial, "Virtual PC", "aplab", "");
+            if let Some(identity) = state.identities.get_mut(&id) {
+                if let Some(known) = known {
+                    *identity = Identity {
+                        id: id.clone(),
+                        tenant: tenant.clone(),
+                        ..known
+                    };
+                }
+                identity.group_tag = text("groupTag");
+                // Profile assignment takes a while after an import.
+                identity.tag_changed_at = Some(now);
+                let upn = text("assignedUserPrincipalName");
+                identity.user = (!upn.is_empty()).then(|| (upn, String::new()));
+            }
+            ("pending", 0, "", id)
+        };
+        let entry = json!({
+            "id": import_id,
+            "serialNumber": serial,
+            "groupTag": text("groupTag"),
+            "assignedUserPrincipalName": text("assignedUserPrincipalName"),
+            "state": {
+                "deviceImportStatus": status,
+                "deviceRegistrationId": registration,
+                "deviceErrorCode": code,
+                "deviceErrorName": name,
+            },
+        });
+        state.imports.insert(import_id, entry.clone());
+        results.push(entry);
+    }
+    Ok(Json(json!({"value": results})).into_response())
+}
+
+async fn get_import(
+    State(sim): State<SimTenant>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> GraphResult<Response> {
+    let now = sim.clock.now();
+    let mut state = sim.state();
+    state.pass(&headers, READ_IDENTITIES, now)?;
+    let entry = state.imports.get_mut(&id).ok_or_else(|| {
+        GraphFault::not_found(format!(
+            "importedWindowsAutopilotDeviceIdentity {id} not found"
+        ))
+    })?;
+    if entry["state"]["deviceImportStatus"] == "pending" {
+        entry["state"]["deviceImportStatus"] = json!("complete");
+    }
+    Ok(Json(entry.clone()).into_response())
 }
 
 #[cfg(test)]

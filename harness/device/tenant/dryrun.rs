@@ -120,6 +120,23 @@ impl Tenant for DryRunTenant {
         Ok("unknown".into())
     }
 
+    async fn import_identity(
+        &self,
+        serial: &str,
+        hardware_hash: &str,
+        group_tag: &str,
+        _poll: super::Poll,
+    ) -> DeviceResult<String> {
+        check_serial(serial)?;
+        super::graph::check_hardware_hash(hardware_hash)?;
+        self.show(&GraphCall::import_identity(
+            serial,
+            hardware_hash,
+            group_tag,
+        ))?;
+        Ok(format!("ztdid-of-{}", serial.trim()))
+    }
+
     async fn deployment_profile(
         &self,
         identity_id: &str,

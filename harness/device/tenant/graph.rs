@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::token::TokenSource;
-use super::{DeploymentProfile, check_serial};
+use super::{DeploymentProfile, Poll, check_serial};
 use crate::device::{AutopilotIdentity, DeviceError, DeviceResult, Tenant};
 use crate::model::inventory::TenantConfig;
 
@@ -349,6 +349,36 @@ impl GraphCall {
         call
     }
 
+    /// `POST importedWindowsAutopilotDeviceIdentities/import`: one device's hardware hash.
+    pub fn import_identity(serial: &str, hardware_hash: &str, group_tag: &str) -> Self {
+        let mut call = GraphCall::new(
+            Method::POST,
+            ApiVersion::V1,
+            "deviceManagement/importedWindowsAutopilotDeviceIdentities/import",
+            format!("import the hardware hash of serial {serial}"),
+        );
+        call.body = Some(json!({"importedWindowsAutopilotDeviceIdentities": [{
+            "serialNumber": serial.trim(),
+            "hardwareIdentifier": hardware_hash.trim(),
+            "groupTag": group_tag,
+            "assignedUserPrincipalName": "",
+        }]}));
+        call.permission = SERVICE_CONFIG_WRITE;
+        call
+    }
+
+    /// `GET importedWindowsAutopilotDeviceIdentities/{id}`: how an import is going.
+    pub fn import_status(import_id: &str) -> Self {
+        let mut call = GraphCall::new(
+            Method::GET,
+            ApiVersion::V1,
+            "deviceManagement/importedWindowsAutopilotDeviceIdentities",
+            format!("read the state of hardware hash import {import_id}"),
+        );
+        call.segments.push(import_id.to_string());
+        call
+    }
+
     /// The full URL under `graph_url`, path segments and query escaped.
     pub fn url(&self, graph_url: &str) -> DeviceResult<reqwest::Url> {
         let base = format!(
@@ -409,6 +439,36 @@ impl From<GraphIdentity> for AutopilotIdentity {
             group_tag: g.group_tag.unwrap_or_default(),
         }
     }
+}
+
+/// Refuses a hardware hash that is not padded base64 (Graph would reject the import).
+pub(crate) fn check_hardware_hash(hardware_hash: &str) -> DeviceResult<()> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(hardware_hash.trim());
+    if hardware_hash.trim().is_empty() || decoded.is_err() {
+        return Err(
+            DeviceError::config("the hardware hash is not base64").with_hint(
+                "give the Hardware Hash column of Get-WindowsAutopilotInfo's CSV, unchanged",
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// An import that ended in error, with the service's reason.
+fn import_refused(serial: &str, state: &Value) -> DeviceError {
+    let code = state["deviceErrorCode"].as_i64().unwrap_or_default();
+    let name = state["deviceErrorName"].as_str().unwrap_or_default();
+    let hint = match code {
+        806 => "the device is already registered: delete the old registration first",
+        808 => "the device is registered in another tenant: that tenant must deregister it",
+        _ => "check the hardware hash (captured on this device, unchanged) and the serial",
+    };
+    DeviceError::config(format!(
+        "the hardware hash import of {serial} failed: {name} ({code})"
+    ))
+    .with_hint(hint)
+    .with_code(code.to_string())
 }
 
 /// Picks the identity whose serial is exactly `serial` from a `contains` result.
@@ -710,6 +770,64 @@ impl Tenant for GraphTenant {
             .send(&GraphCall::deployment_profile(identity_id))
             .await?;
         Ok(answer.as_ref().and_then(DeploymentProfile::from_graph))
+    }
+
+    async fn import_identity(
+        &self,
+        serial: &str,
+        hardware_hash: &str,
+        group_tag: &str,
+        poll: Poll,
+    ) -> DeviceResult<String> {
+        check_serial(serial)?;
+        check_hardware_hash(hardware_hash)?;
+        let answer = self
+            .send(&GraphCall::import_identity(
+                serial,
+                hardware_hash,
+                group_tag,
+            ))
+            .await?;
+        let mut import = answer
+            .as_ref()
+            .and_then(|v| v.get("value"))
+            .and_then(Value::as_array)
+            .and_then(|items| items.first())
+            .cloned()
+            .ok_or_else(|| {
+                DeviceError::infrastructure(format!(
+                    "the import of {serial} returned no import record"
+                ))
+            })?;
+        let import_id = import["id"].as_str().unwrap_or_default().to_string();
+        let started = tokio::time::Instant::now();
+        loop {
+            let state = &import["state"];
+            match state["deviceImportStatus"].as_str().unwrap_or("unknown") {
+                "complete" => {
+                    let id = state["deviceRegistrationId"].as_str().unwrap_or_default();
+                    return Ok(if id.is_empty() {
+                        import_id
+                    } else {
+                        id.to_string()
+                    });
+                }
+                "error" | "partial" => return Err(import_refused(serial, state)),
+                status if started.elapsed() >= poll.deadline => {
+                    return Err(DeviceError::timeout(format!(
+                        "the hardware hash import of {serial} is still \"{status}\" after {}",
+                        humantime::format_duration(poll.deadline)
+                    ))
+                    .with_hint("imports can take several minutes; look at Intune > Devices > Windows enrollment > Devices"));
+                }
+                _ => {}
+            }
+            tokio::time::sleep(poll.interval).await;
+            import = self
+                .send(&GraphCall::import_status(&import_id))
+                .await?
+                .unwrap_or_default();
+        }
     }
 }
 
