@@ -673,3 +673,38 @@ async fn the_sim_tenant_answers_as_graph_does() {
     let body: serde_json::Value = throttled.json().await.unwrap();
     assert_eq!(body["error"]["code"], "TooManyRequests");
 }
+
+#[tokio::test]
+async fn a_tenant_that_never_answers_times_out_as_infrastructure() {
+    // Accepts connections and reads, but never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let lab = TestLab::start(vec![device("pc01", "PF1ABC")], 1.0, Settings::default()).await;
+    let mut config = lab.config.clone();
+    config.login_url = format!("http://{addr}");
+    let policy = aplab::device::tenant::RetryPolicy {
+        request_timeout: Duration::from_millis(300),
+        ..fast_policy()
+    };
+    let started = Instant::now();
+    let err = GraphTenant::with_policy(&config, policy)
+        .unwrap()
+        .identity("PF1ABC")
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::Infrastructure);
+    assert!(
+        err.message.contains("no answer within 300ms"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("after 4 attempts"), "{}", err.message);
+    assert!(started.elapsed() >= Duration::from_millis(4 * 300));
+    silent.abort();
+}

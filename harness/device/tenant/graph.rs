@@ -120,7 +120,10 @@ pub(crate) async fn send_retrying(
             Ok(response) => return Ok(response),
             Err(e) => {
                 last_problem = if e.is_timeout() {
-                    format!("no answer within {}s", policy.request_timeout.as_secs())
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(policy.request_timeout)
+                    )
                 } else if e.is_connect() {
                     format!("cannot connect ({})", root_cause(&e))
                 } else {
