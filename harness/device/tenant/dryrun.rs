@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use super::graph::GraphCall;
+use super::call::GraphCall;
 use super::token::{scope, token_url};
 use super::{DeploymentProfile, check_serial};
 use crate::device::{AutopilotIdentity, DeviceError, DeviceResult, Tenant};
