@@ -546,6 +546,10 @@ impl Tenant for GraphTenant {
         Ok(answer.as_ref().and_then(DeploymentProfile::from_graph))
     }
 
+    async fn granted_permissions(&self) -> DeviceResult<Option<Vec<String>>> {
+        Ok(super::token::token_roles(&self.tokens.token().await?))
+    }
+
     async fn import_identity(
         &self,
         serial: &str,

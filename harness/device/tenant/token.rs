@@ -116,6 +116,26 @@ pub fn client_assertion(
         .map_err(|e| DeviceError::harness(format!("cannot sign the client assertion: {e}")))
 }
 
+/// The application permissions an access token carries (its `roles` claim), when the
+/// token is a JWT. Entra's app-only Graph tokens are; the claim is read, not verified:
+/// it only lets pre-flight name a missing permission before a write fails.
+pub fn token_roles(token: &str) -> Option<Vec<String>> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let roles = claims.get("roles")?.as_array()?;
+    Some(
+        roles
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
 /// When to fetch a new token, measured from when the current one was issued: a little
 /// before it expires, so that a request never leaves with a token about to lapse.
 pub fn refresh_after(lifetime: Duration) -> Duration {
@@ -337,6 +357,18 @@ mod tests {
             Duration::from_secs(45)
         );
         assert_eq!(refresh_after(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn roles_are_read_from_jwt_tokens_only() {
+        // {"alg":"none"} . {"roles":["A.Read.All","B.ReadWrite.All"]} . (empty)
+        let jwt = "eyJhbGciOiJub25lIn0.eyJyb2xlcyI6WyJBLlJlYWQuQWxsIiwiQi5SZWFkV3JpdGUuQWxsIl19.";
+        assert_eq!(
+            token_roles(jwt).unwrap(),
+            vec!["A.Read.All".to_string(), "B.ReadWrite.All".to_string()]
+        );
+        assert_eq!(token_roles("opaque-token"), None);
+        assert_eq!(token_roles("a.!!!.c"), None);
     }
 
     #[test]

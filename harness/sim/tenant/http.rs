@@ -104,13 +104,20 @@ fn login_error(status: StatusCode, error: &str, description: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// The URL the client posted to, as the `aud` of its client assertion must name it.
-fn token_url(headers: &HeaderMap, tenant_id: &str) -> String {
-    let host = headers
+/// The host (and port) the client addressed, as URLs it sees must name it.
+fn request_host(headers: &HeaderMap) -> &str {
+    headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    format!("http://{host}/{tenant_id}/oauth2/v2.0/token")
+        .unwrap_or("127.0.0.1")
+}
+
+/// The URL the client posted to, as the `aud` of its client assertion must name it.
+fn token_url(headers: &HeaderMap, tenant_id: &str) -> String {
+    format!(
+        "http://{}/{tenant_id}/oauth2/v2.0/token",
+        request_host(headers)
+    )
 }
 
 /// Checks a client secret, or a client assertion against the app's certificate, as
@@ -243,8 +250,26 @@ async fn token(
             login_error(status, error, &description)
         }
         Ok(tenant) => {
-            let value = format!("simtoken-{:032x}", rand::random::<u128>());
             let lifetime = state.settings.token_lifetime;
+            // Shaped like Entra's app-only tokens: a JWT whose `roles` are the granted
+            // permissions (signed with a throwaway key; only this server checks tokens,
+            // by lookup).
+            let claims = json!({
+                "aud": format!("http://{}", request_host(&headers)),
+                "iss": format!("https://sts.windows.net/{tenant_id}/"),
+                "tid": tenant_id,
+                "appid": field("client_id"),
+                "roles": state.permissions.iter().collect::<Vec<_>>(),
+                "iat": now.as_secs(),
+                "exp": (now + lifetime).as_secs(),
+                "jti": format!("{:032x}", rand::random::<u128>()),
+            });
+            let key = jsonwebtoken::EncodingKey::from_secret(&rand::random::<[u8; 32]>());
+            let value = match jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+            {
+                Ok(jwt) => jwt,
+                Err(_) => format!("simtoken-{:032x}", rand::random::<u128>()),
+            };
             state.tokens.insert(value.clone(), (tenant, now + lifetime));
             state.stats.tokens_issued += 1;
             Json(
@@ -450,10 +475,7 @@ async fn list_identities(
         .collect();
     let mut body = json!({"value": page});
     if skip + page_size < matching.len() {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1");
+        let host = request_host(&headers);
         let mut next = reqwest::Url::parse(&format!("http://{host}{}", uri.path()))
             .map_err(|e| GraphFault::bad_request(format!("bad Host header: {e}")))?;
         {

@@ -587,6 +587,12 @@ impl SimTenant {
         self.state().permissions.remove(permission);
     }
 
+    /// Grants a Graph application permission to every app (tokens issued from now on
+    /// carry it in `roles`).
+    pub fn grant_permission(&self, permission: &str) {
+        self.state().permissions.insert(permission.to_string());
+    }
+
     pub fn settings_mut(&self, change: impl FnOnce(&mut Settings)) {
         change(&mut self.state().settings);
     }
