@@ -135,7 +135,8 @@ pub(crate) async fn send_retrying(
             }
         };
         if attempt + 1 < attempts {
-            tracing::debug!(what, problem = %last_problem, wait_ms = wait.as_millis() as u64, "retrying Graph request");
+            // Visible at info: a retry that succeeds should still be seen, not eaten.
+            tracing::info!(what, problem = %last_problem, wait_ms = wait.as_millis() as u64, "retrying Graph request");
             tokio::time::sleep(wait).await;
         }
     }
