@@ -708,3 +708,26 @@ async fn a_tenant_that_never_answers_times_out_as_infrastructure() {
     assert!(started.elapsed() >= Duration::from_millis(4 * 300));
     silent.abort();
 }
+
+#[tokio::test]
+async fn an_import_is_not_sent_again_after_a_server_error() {
+    let unregistered = with_sim(device("pc09", "NEW0009"), |s| s.registered = false);
+    let lab = TestLab::start(vec![unregistered], 1.0, Settings::default()).await;
+    let graph = lab.graph();
+    graph.identity("NEW0009").await.unwrap_err(); // token in hand
+    lab.sim.fail_next(5, 503);
+    let err = graph
+        .import_identity("NEW0009", "T0EzIGhhc2g=", "entra", poll())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::Infrastructure);
+    assert!(err.message.contains("not sent again"), "{}", err.message);
+    assert_eq!(lab.sim.stats().failed, 1, "one attempt only");
+    // A repeatable read in the same outage is retried.
+    lab.sim.fail_next(2, 503);
+    assert!(
+        graph.identity("NEW0009").await.is_err(),
+        "still not registered"
+    );
+    assert_eq!(lab.sim.stats().failed, 3);
+}

@@ -56,6 +56,10 @@ pub struct GraphCall {
     pub not_found: NotFound,
     /// What the call is for, in the lab's words, for messages.
     pub what: String,
+    /// Sending it twice does no harm. A call that is not (an import) is sent again only
+    /// when it surely did not arrive (refused connection, 429), never after a 5xx or a
+    /// timeout, which may hide a success.
+    pub repeatable: bool,
 }
 
 impl GraphCall {
@@ -69,6 +73,7 @@ impl GraphCall {
             permission: SERVICE_CONFIG_READ,
             not_found: NotFound::Identity,
             what,
+            repeatable: true,
         }
     }
 
@@ -197,6 +202,7 @@ impl GraphCall {
             "assignedUserPrincipalName": "",
         }]}));
         call.permission = SERVICE_CONFIG_WRITE;
+        call.repeatable = false;
         call
     }
 

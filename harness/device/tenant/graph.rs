@@ -74,18 +74,21 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// Sends the request `build` makes, again on 429 and on transient failures, within
 /// `policy`. Returns the first response that is neither (any other status, for the
-/// caller to classify), or an `Infrastructure` error once retries run out.
+/// caller to classify), or an `Infrastructure` error once retries run out. Unless
+/// `repeatable`, a 5xx or a timeout ends the attempts: the request may have succeeded.
 pub(crate) async fn send_retrying(
     policy: &RetryPolicy,
     what: &str,
     url: &str,
+    repeatable: bool,
     build: impl Fn() -> reqwest::RequestBuilder,
 ) -> DeviceResult<reqwest::Response> {
     let attempts = policy.attempts.max(1);
     let mut last_problem = String::new();
     let mut last_code = None;
     for attempt in 0..attempts {
-        let wait = match build().timeout(policy.request_timeout).send().await {
+        // `unsure`: the request may have reached the service and been carried out.
+        let (wait, unsure) = match build().timeout(policy.request_timeout).send().await {
             Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
                 let retry_after = response
                     .headers()
@@ -104,8 +107,8 @@ pub(crate) async fn send_retrying(
                         .with_hint("too many Graph calls from this app: run fewer devices at once, or retry later")
                         .with_code("HTTP 429"));
                     }
-                    Some(wait) => wait,
-                    None => policy.backoff(attempt),
+                    Some(wait) => (wait, false),
+                    None => (policy.backoff(attempt), false),
                 }
             }
             Ok(response) if response.status().is_server_error() => {
@@ -116,7 +119,7 @@ pub(crate) async fn send_retrying(
                 last_problem = format!("HTTP {} {code} {message}", status.as_u16())
                     .trim()
                     .to_string();
-                policy.backoff(attempt)
+                (policy.backoff(attempt), true)
             }
             Ok(response) => return Ok(response),
             Err(e) => {
@@ -131,9 +134,16 @@ pub(crate) async fn send_retrying(
                     format!("request failed ({})", root_cause(&e))
                 };
                 last_code = None;
-                policy.backoff(attempt)
+                (policy.backoff(attempt), !e.is_connect())
             }
         };
+        if unsure && !repeatable {
+            return Err(DeviceError::infrastructure(format!(
+                "{what}: {last_problem} ({url}); not sent again, as it may have been carried out"
+            ))
+            .with_hint("look in Intune whether it took effect before trying again")
+            .with_code(last_code.unwrap_or_else(|| "no answer".into())));
+        }
         if attempt + 1 < attempts {
             // Visible at info: a retry that succeeds should still be seen, not eaten.
             tracing::info!(what, problem = %last_problem, wait_ms = wait.as_millis() as u64, "retrying Graph request");
@@ -344,19 +354,25 @@ impl GraphTenant {
         let mut refreshed = false;
         loop {
             let token = self.tokens.token().await?;
-            let response = send_retrying(&self.policy, &call.what, url.as_str(), || {
-                let request = self
-                    .http
-                    .request(call.method.clone(), url.clone())
-                    .bearer_auth(&token);
-                match &call.body {
-                    Some(body) => request.json(body),
-                    None if call.method == Method::POST => {
-                        request.header(reqwest::header::CONTENT_LENGTH, "0")
+            let response = send_retrying(
+                &self.policy,
+                &call.what,
+                url.as_str(),
+                call.repeatable,
+                || {
+                    let request = self
+                        .http
+                        .request(call.method.clone(), url.clone())
+                        .bearer_auth(&token);
+                    match &call.body {
+                        Some(body) => request.json(body),
+                        None if call.method == Method::POST => {
+                            request.header(reqwest::header::CONTENT_LENGTH, "0")
+                        }
+                        None => request,
                     }
-                    None => request,
-                }
-            })
+                },
+            )
             .await?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !refreshed {

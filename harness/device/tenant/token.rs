@@ -263,7 +263,7 @@ impl TokenSource {
         }
         let what = format!("get a token for tenant {}", self.tenant_name);
         let started = Instant::now();
-        let response = send_retrying(&self.policy, &what, &self.token_url, || {
+        let response = send_retrying(&self.policy, &what, &self.token_url, true, || {
             self.http.post(&self.token_url).form(&form)
         })
         .await
