@@ -725,9 +725,11 @@ async fn an_import_is_not_sent_again_after_a_server_error() {
     assert_eq!(lab.sim.stats().failed, 1, "one attempt only");
     // A repeatable read in the same outage is retried.
     lab.sim.fail_next(2, 503);
-    assert!(
-        graph.identity("NEW0009").await.is_err(),
-        "still not registered"
+    let not_registered = graph.identity("NEW0009").await.unwrap_err();
+    assert_eq!(
+        not_registered.class,
+        FailureClass::Config,
+        "answered after retries"
     );
     assert_eq!(lab.sim.stats().failed, 3);
 }
