@@ -11,6 +11,7 @@ use aplab::device::tenant::{
     GraphTenant, Poll, Unblock, settle_compliance, unblock_reenrollment, wait_profile_assigned,
 };
 use aplab::device::{FailureClass, Tenant};
+use aplab::model::inventory::{Credential, SecretRef};
 use aplab::sim::tenant::{JoinKind, Settings, TenantView};
 use tenant_lab::*;
 
@@ -497,4 +498,238 @@ async fn enrollment_refusals_carry_the_windows_codes() {
         view.begin_enrollment("KIOSK1", now).unwrap_err().code,
         "809"
     );
+}
+
+#[tokio::test]
+async fn a_certificate_credential_signs_a_client_assertion() {
+    let lab = TestLab::start_with_certificate(vec![device("pc01", "PF1ABC")]).await;
+    let graph = lab.graph();
+    assert_eq!(
+        graph.identity("PF1ABC").await.unwrap().serial_number,
+        "PF1ABC"
+    );
+    assert_eq!(lab.sim.stats().tokens_issued, 1);
+
+    // A key that does not belong to the registered certificate is refused.
+    let (_, other_key) = certificate_pair(lab.dir(), "stranger");
+    let mut wrong = lab.config.clone();
+    if let Credential::Certificate { key, .. } = &mut wrong.credential {
+        *key = SecretRef::File(other_key);
+    }
+    let err = GraphTenant::with_policy(&wrong, fast_policy())
+        .unwrap()
+        .identity("PF1ABC")
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::Config);
+    assert_eq!(err.code.as_deref(), Some("invalid_client"));
+    assert!(err.message.contains("AADSTS700027"), "{}", err.message);
+    assert!(err.hint.unwrap().contains("certificate"));
+
+    // Another certificate (its own key) is not the registered one either.
+    let (other_cert, other_key) = certificate_pair(lab.dir(), "impostor");
+    wrong.credential = Credential::Certificate {
+        certificate: other_cert,
+        key: SecretRef::File(other_key),
+    };
+    let err = GraphTenant::with_policy(&wrong, fast_policy())
+        .unwrap()
+        .identity("PF1ABC")
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("x5t#S256"), "{}", err.message);
+    assert_eq!(lab.sim.stats().tokens_issued, 1);
+}
+
+#[tokio::test]
+async fn an_imported_hardware_hash_registers_the_device() {
+    let unregistered = with_sim(device("pc09", "NEW0009"), |s| s.registered = false);
+    let lab = TestLab::start(
+        vec![unregistered, device("pc01", "PF1ABC")],
+        600.0,
+        Settings::default(),
+    )
+    .await;
+    let graph = lab.graph();
+    let mut view = lab.sim.clone();
+    assert_eq!(
+        view.begin_enrollment("NEW0009", lab.sim.clock().now())
+            .unwrap_err()
+            .code,
+        "807"
+    );
+    assert_eq!(
+        graph.identity("NEW0009").await.unwrap_err().class,
+        FailureClass::Config
+    );
+
+    // A hash that is not base64 is refused before any call.
+    let before = lab.sim.stats().graph_requests;
+    let bad = graph
+        .import_identity("NEW0009", "not base64!", "entra", poll())
+        .await;
+    assert_eq!(bad.unwrap_err().class, FailureClass::Config);
+    assert_eq!(lab.sim.stats().graph_requests, before);
+
+    // The import answers pending, then complete; the profile is assigned minutes later.
+    let hash = "T0EzIGhhcmR3YXJlIGhhc2g=";
+    let ztd_id = graph
+        .import_identity("NEW0009", hash, "entra", poll())
+        .await
+        .unwrap();
+    let identity = graph.identity("NEW0009").await.unwrap();
+    assert_eq!(identity.id, ztd_id);
+    assert_eq!(identity.deployment_profile_assignment_status, "pending");
+    wait_profile_assigned(&graph, "NEW0009", poll())
+        .await
+        .unwrap();
+    let enrollment = view
+        .begin_enrollment("NEW0009", lab.sim.clock().now())
+        .unwrap();
+    assert_eq!(enrollment.ztd_id, ztd_id);
+
+    // Importing a registered device again fails with the service's reason.
+    let again = graph
+        .import_identity("PF1ABC", hash, "entra", poll())
+        .await
+        .unwrap_err();
+    assert_eq!(again.class, FailureClass::Config);
+    assert_eq!(again.code.as_deref(), Some("806"));
+    assert!(
+        again.message.contains("ZtdDeviceAlreadyAssigned"),
+        "{}",
+        again.message
+    );
+}
+
+#[tokio::test]
+async fn the_sim_tenant_answers_as_graph_does() {
+    let lab = TestLab::start(vec![device("pc01", "PF1ABC")], 1.0, Settings::default()).await;
+    let http = reqwest::Client::new();
+    let base = lab.server.url();
+    let url = format!("{base}/beta/deviceManagement/windowsAutopilotDeviceIdentities");
+
+    let anonymous = http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let body: serde_json::Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+
+    let token: serde_json::Value = http
+        .post(format!("{base}/{TENANT_ID}/oauth2/v2.0/token"))
+        .form(&[
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("scope", &format!("{base}/.default")),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["expires_in"], 3600);
+    let bearer = token["access_token"].as_str().unwrap().to_string();
+
+    let beta: serde_json::Value = http
+        .get(&url)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        beta["value"][0]["deploymentProfileAssignmentStatus"],
+        "assignedInSync"
+    );
+    assert_eq!(
+        beta["value"][0]["managedDeviceId"],
+        "00000000-0000-0000-0000-000000000000"
+    );
+    let v1_url = url.replace("/beta/", "/v1.0/");
+    let v1: serde_json::Value = http
+        .get(&v1_url)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        v1["value"][0]
+            .get("deploymentProfileAssignmentStatus")
+            .is_none(),
+        "beta only"
+    );
+
+    lab.sim.throttle_next(1);
+    let throttled = http.get(&url).bearer_auth(&bearer).send().await.unwrap();
+    assert_eq!(throttled.status(), 429);
+    assert_eq!(throttled.headers()["retry-after"], "1");
+    let body: serde_json::Value = throttled.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "TooManyRequests");
+}
+
+#[tokio::test]
+async fn a_tenant_that_never_answers_times_out_as_infrastructure() {
+    // Accepts connections and reads, but never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let lab = TestLab::start(vec![device("pc01", "PF1ABC")], 1.0, Settings::default()).await;
+    let mut config = lab.config.clone();
+    config.login_url = format!("http://{addr}");
+    let policy = aplab::device::tenant::RetryPolicy {
+        request_timeout: Duration::from_millis(300),
+        ..fast_policy()
+    };
+    let started = Instant::now();
+    let err = GraphTenant::with_policy(&config, policy)
+        .unwrap()
+        .identity("PF1ABC")
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::Infrastructure);
+    assert!(
+        err.message.contains("no answer within 300ms"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("after 4 attempts"), "{}", err.message);
+    assert!(started.elapsed() >= Duration::from_millis(4 * 300));
+    silent.abort();
+}
+
+#[tokio::test]
+async fn an_import_is_not_sent_again_after_a_server_error() {
+    let unregistered = with_sim(device("pc09", "NEW0009"), |s| s.registered = false);
+    let lab = TestLab::start(vec![unregistered], 1.0, Settings::default()).await;
+    let graph = lab.graph();
+    graph.identity("NEW0009").await.unwrap_err(); // token in hand
+    lab.sim.fail_next(5, 503);
+    let err = graph
+        .import_identity("NEW0009", "T0EzIGhhc2g=", "entra", poll())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, FailureClass::Infrastructure);
+    assert!(err.message.contains("not sent again"), "{}", err.message);
+    assert_eq!(lab.sim.stats().failed, 1, "one attempt only");
+    // A repeatable read in the same outage is retried.
+    lab.sim.fail_next(2, 503);
+    let not_registered = graph.identity("NEW0009").await.unwrap_err();
+    assert_eq!(
+        not_registered.class,
+        FailureClass::Config,
+        "answered after retries"
+    );
+    assert_eq!(lab.sim.stats().failed, 3);
 }

@@ -5,9 +5,10 @@ mod tenant_lab;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aplab::device::tenant::preflight::{Problem, Target, preflight};
-use aplab::device::tenant::{DryRunTenant, Unblock, unblock_reenrollment};
+use aplab::device::tenant::{DryRunTenant, Poll, Unblock, unblock_reenrollment};
 use aplab::device::{FailureClass, Tenant};
 use aplab::sim::tenant::{Settings, TenantView};
 use tenant_lab::*;
@@ -81,45 +82,79 @@ async fn preflight_reports_each_devices_problems() {
 
 #[tokio::test]
 async fn preflight_names_missing_permissions() {
-    let lab = TestLab::start(
-        vec![device("a", "AAA001"), device("b", "BBB001")],
-        1.0,
-        Settings::default(),
-    )
-    .await;
+    let devices = vec![device("a", "AAA001"), device("b", "BBB001")];
+    let lab = TestLab::start(devices, 1.0, Settings::default()).await;
     let mut view = lab.sim.clone();
     view.technician_completed("BBB001", lab.sim.clock().now());
-    let graph = lab.graph();
 
+    // Managed devices: the token's roles warn on every device; reading b's record 403s.
     lab.sim
         .revoke_permission("DeviceManagementManagedDevices.ReadWrite.All");
-    let problems = preflight(&graph, &targets(&lab), None).await;
+    let problems = preflight(&lab.graph(), &targets(&lab), None).await;
+    let a = of(&problems, "a");
+    assert_eq!(a.len(), 1, "{problems:#?}");
+    assert!(!a[0].blocking);
     assert!(
-        of(&problems, "a").is_empty(),
-        "no record, nothing to read: {problems:#?}"
+        a[0].message
+            .contains("DeviceManagementManagedDevices.ReadWrite.All")
     );
     let b = of(&problems, "b");
-    assert_eq!(b.len(), 1);
-    assert_eq!(b[0].class, FailureClass::Config);
+    assert_eq!(b.len(), 2, "{problems:#?}");
+    let read = b.iter().find(|p| p.blocking).expect("the 403 on the read");
+    assert_eq!(read.code.as_deref(), Some("HTTP 403 Forbidden"));
     assert!(
-        b[0].message
+        read.message
             .contains("DeviceManagementManagedDevices.Read.All"),
         "{}",
-        b[0].message
+        read.message
     );
 
+    // No service-config permission at all: every device's lookup is refused.
     lab.sim
         .revoke_permission("DeviceManagementServiceConfig.ReadWrite.All");
-    let problems = preflight(&graph, &targets(&lab), None).await;
-    assert_eq!(problems.len(), 2);
-    for p in &problems {
-        assert_eq!(p.code.as_deref(), Some("HTTP 403 Forbidden"));
+    let problems = preflight(&lab.graph(), &targets(&lab), None).await;
+    for device in ["a", "b"] {
+        let found = of(&problems, device);
+        assert_eq!(
+            found.iter().filter(|p| !p.blocking).count(),
+            2,
+            "{problems:#?}"
+        );
+        let refused: Vec<_> = found.iter().filter(|p| p.blocking).collect();
+        assert_eq!(refused.len(), 1);
         assert!(
-            p.message.contains("DeviceManagementServiceConfig.Read.All"),
-            "{}",
-            p.message
+            refused[0]
+                .message
+                .contains("DeviceManagementServiceConfig.Read.All")
         );
     }
+}
+
+#[tokio::test]
+async fn preflight_finds_a_missing_write_permission_before_any_write() {
+    let lab = TestLab::start(vec![device("a", "AAA001")], 1.0, Settings::default()).await;
+    lab.sim
+        .grant_permission("DeviceManagementServiceConfig.Read.All");
+    lab.sim
+        .revoke_permission("DeviceManagementServiceConfig.ReadWrite.All");
+    let graph = lab.graph();
+    let granted = graph
+        .granted_permissions()
+        .await
+        .unwrap()
+        .expect("a JWT with roles");
+    assert!(granted.contains(&"DeviceManagementServiceConfig.Read.All".to_string()));
+
+    let problems = preflight(&graph, &targets(&lab), None).await;
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(!problems[0].blocking);
+    assert!(
+        problems[0]
+            .message
+            .contains("DeviceManagementServiceConfig.ReadWrite.All")
+    );
+    assert!(problems[0].message.contains("set group tags"));
+    assert_eq!(lab.sim.stats().forbidden, 0, "found without a refused call");
 }
 
 #[tokio::test]
@@ -175,6 +210,10 @@ async fn dry_run_prints_calls_with_secrets_redacted_and_sends_none() {
         .await
         .unwrap();
     dry.compliance(&identity.managed_device_id).await.unwrap();
+    let poll = Poll::new(Duration::from_millis(10), Duration::from_secs(1));
+    dry.import_identity("PF1ABC", "T0E=", "entra", poll)
+        .await
+        .unwrap();
     let problems = preflight(&dry, &targets(&lab), None).await;
     assert!(problems.iter().all(|p| !p.blocking), "{problems:#?}");
 
@@ -213,6 +252,10 @@ async fn dry_run_prints_calls_with_secrets_redacted_and_sends_none() {
         "DELETE {base}/v1.0/deviceManagement/managedDevices/"
     )));
     assert!(text.contains("needs DeviceManagementManagedDevices.ReadWrite.All"));
+    assert!(text.contains(&format!(
+        "POST {base}/v1.0/deviceManagement/importedWindowsAutopilotDeviceIdentities/import"
+    )));
+    assert!(text.contains(r#""hardwareIdentifier":"T0E=""#), "{text}");
 
     let stats = lab.sim.stats();
     assert_eq!(
@@ -222,4 +265,27 @@ async fn dry_run_prints_calls_with_secrets_redacted_and_sends_none() {
     );
     let graph = lab.graph();
     assert!(!format!("{graph:?}").contains(SECRET));
+}
+
+#[tokio::test]
+async fn preflight_against_an_unreachable_tenant_reports_every_device() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let lab = TestLab::start(
+        vec![device("a", "AAA001"), device("b", "BBB001")],
+        1.0,
+        Settings::default(),
+    )
+    .await;
+    let mut config = lab.config.clone();
+    config.login_url = format!("http://127.0.0.1:{port}");
+    let graph = aplab::device::tenant::GraphTenant::with_policy(&config, fast_policy()).unwrap();
+    let problems = preflight(&graph, &targets(&lab), None).await;
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    for p in &problems {
+        assert_eq!(p.class, FailureClass::Infrastructure);
+        assert!(p.blocking);
+        assert!(p.message.contains("cannot connect"), "{}", p.message);
+    }
 }

@@ -237,6 +237,26 @@ pub trait Tenant: Send + Sync {
             "this tenant backend cannot read the deployment profile of {identity_id}"
         )))
     }
+    /// The Graph application permissions the credentials carry, if the backend can tell
+    /// (from the token's `roles` claim); `None` when it cannot.
+    async fn granted_permissions(&self) -> DeviceResult<Option<Vec<String>>> {
+        Ok(None)
+    }
+    /// Registers a device by its hardware hash (base64, as Get-WindowsAutopilotInfo
+    /// writes it) and waits, within `poll`, until the import completes. Returns the new
+    /// identity's id (ZtdId). Backends that cannot import keep this default.
+    async fn import_identity(
+        &self,
+        serial: &str,
+        hardware_hash: &str,
+        group_tag: &str,
+        poll: tenant::Poll,
+    ) -> DeviceResult<String> {
+        let _ = (hardware_hash, group_tag, poll);
+        Err(DeviceError::harness(format!(
+            "this tenant backend cannot import the hardware hash of {serial}"
+        )))
+    }
 }
 
 /// A device's capabilities as backends, built from its inventory entry.

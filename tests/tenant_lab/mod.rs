@@ -12,7 +12,7 @@ use aplab::model::inventory::{
     TenantConfig, TenantUser, VirtualLab, Windows,
 };
 use aplab::sim::clock::LabClock;
-use aplab::sim::tenant::{Settings, SimTenant, TenantServer, TenantState};
+use aplab::sim::tenant::{Settings, SimTenant, TenantServer};
 
 pub const SECRET: &str = "lab-secret-Zq8~do-not-print";
 pub const TENANT_ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -87,11 +87,39 @@ impl TestLab {
         let dir = tempfile::tempdir().expect("temp dir");
         let secret_file = dir.path().join("client-secret");
         std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write secret");
+        Self::start_with(
+            dir,
+            devices,
+            scale,
+            settings,
+            Credential::ClientSecret(SecretRef::File(secret_file)),
+        )
+        .await
+    }
+
+    /// A lab whose app proves itself with a certificate (files made by `certificate_pair`).
+    pub async fn start_with_certificate(devices: Vec<Device>) -> TestLab {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (certificate, key) = certificate_pair(dir.path(), "registered");
+        let credential = Credential::Certificate {
+            certificate,
+            key: SecretRef::File(key),
+        };
+        Self::start_with(dir, devices, 1.0, Settings::default(), credential).await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        devices: Vec<Device>,
+        scale: f64,
+        settings: Settings,
+        credential: Credential,
+    ) -> TestLab {
         let mut config = TenantConfig {
             name: "lab".into(),
             tenant_id: TENANT_ID.into(),
             client_id: CLIENT_ID.into(),
-            credential: Credential::ClientSecret(SecretRef::File(secret_file)),
+            credential,
             graph_url: String::new(),
             login_url: String::new(),
             users: BTreeMap::from([(
@@ -126,12 +154,10 @@ impl TestLab {
             tenants: BTreeMap::from([("lab".to_string(), config.clone())]),
             devices,
         };
-        let state = TenantState::from_inventory(&inventory, settings).expect("seed the tenant");
-        let sim = SimTenant::new(state, Arc::new(LabClock::new(scale)));
-        let server = sim
-            .serve("127.0.0.1:0".parse().expect("address"))
+        let clock = Arc::new(LabClock::new(scale));
+        let (sim, server) = SimTenant::start(&inventory, clock, settings)
             .await
-            .expect("serve the virtual tenant");
+            .expect("start the virtual tenant");
         config.graph_url = server.url();
         config.login_url = server.url();
         inventory.tenants.insert("lab".into(), config.clone());
@@ -148,6 +174,10 @@ impl TestLab {
         GraphTenant::with_policy(&self.config, fast_policy()).expect("graph backend")
     }
 
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// A config whose secret file holds `secret`.
     pub fn config_with_secret(&self, secret: &str) -> TenantConfig {
         let path = self.dir.path().join("other-secret");
@@ -156,4 +186,30 @@ impl TestLab {
         config.credential = Credential::ClientSecret(SecretRef::File(path));
         config
     }
+}
+
+/// An RSA key and a self-signed certificate for it, made by the openssl CLI:
+/// `(certificate.pem, key.pem)` in `dir`, named after `name`.
+pub fn certificate_pair(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let certificate = dir.join(format!("{name}-cert.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
+        .arg(format!("/CN=aplab-{name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&certificate)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the openssl CLI is needed for certificate tests: run `make deps` (Debian package openssl)");
+    assert!(
+        status.success(),
+        "openssl could not make a test certificate"
+    );
+    (certificate, key)
 }

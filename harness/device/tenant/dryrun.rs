@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use super::graph::GraphCall;
+use super::call::GraphCall;
 use super::token::{scope, token_url};
 use super::{DeploymentProfile, check_serial};
 use crate::device::{AutopilotIdentity, DeviceError, DeviceResult, Tenant};
@@ -118,6 +118,23 @@ impl Tenant for DryRunTenant {
     async fn compliance(&self, managed_device_id: &str) -> DeviceResult<String> {
         self.show(&GraphCall::compliance(managed_device_id))?;
         Ok("unknown".into())
+    }
+
+    async fn import_identity(
+        &self,
+        serial: &str,
+        hardware_hash: &str,
+        group_tag: &str,
+        _poll: super::Poll,
+    ) -> DeviceResult<String> {
+        check_serial(serial)?;
+        super::graph::check_hardware_hash(hardware_hash)?;
+        self.show(&GraphCall::import_identity(
+            serial,
+            hardware_hash,
+            group_tag,
+        ))?;
+        Ok(format!("ztdid-of-{}", serial.trim()))
     }
 
     async fn deployment_profile(

@@ -15,10 +15,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+pub use super::call::{ApiVersion, GraphCall, NotFound};
 use super::token::TokenSource;
-use super::{DeploymentProfile, check_serial};
+use super::{DeploymentProfile, Poll, check_serial};
 use crate::device::{AutopilotIdentity, DeviceError, DeviceResult, Tenant};
 use crate::model::inventory::TenantConfig;
 
@@ -73,18 +74,21 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// Sends the request `build` makes, again on 429 and on transient failures, within
 /// `policy`. Returns the first response that is neither (any other status, for the
-/// caller to classify), or an `Infrastructure` error once retries run out.
+/// caller to classify), or an `Infrastructure` error once retries run out. Unless
+/// `repeatable`, a 5xx or a timeout ends the attempts: the request may have succeeded.
 pub(crate) async fn send_retrying(
     policy: &RetryPolicy,
     what: &str,
     url: &str,
+    repeatable: bool,
     build: impl Fn() -> reqwest::RequestBuilder,
 ) -> DeviceResult<reqwest::Response> {
     let attempts = policy.attempts.max(1);
     let mut last_problem = String::new();
     let mut last_code = None;
     for attempt in 0..attempts {
-        let wait = match build().timeout(policy.request_timeout).send().await {
+        // `unsure`: the request may have reached the service and been carried out.
+        let (wait, unsure) = match build().timeout(policy.request_timeout).send().await {
             Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
                 let retry_after = response
                     .headers()
@@ -103,8 +107,8 @@ pub(crate) async fn send_retrying(
                         .with_hint("too many Graph calls from this app: run fewer devices at once, or retry later")
                         .with_code("HTTP 429"));
                     }
-                    Some(wait) => wait,
-                    None => policy.backoff(attempt),
+                    Some(wait) => (wait, false),
+                    None => (policy.backoff(attempt), false),
                 }
             }
             Ok(response) if response.status().is_server_error() => {
@@ -115,23 +119,34 @@ pub(crate) async fn send_retrying(
                 last_problem = format!("HTTP {} {code} {message}", status.as_u16())
                     .trim()
                     .to_string();
-                policy.backoff(attempt)
+                (policy.backoff(attempt), true)
             }
             Ok(response) => return Ok(response),
             Err(e) => {
                 last_problem = if e.is_timeout() {
-                    format!("no answer within {}s", policy.request_timeout.as_secs())
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(policy.request_timeout)
+                    )
                 } else if e.is_connect() {
                     format!("cannot connect ({})", root_cause(&e))
                 } else {
                     format!("request failed ({})", root_cause(&e))
                 };
                 last_code = None;
-                policy.backoff(attempt)
+                (policy.backoff(attempt), !e.is_connect())
             }
         };
+        if unsure && !repeatable {
+            return Err(DeviceError::infrastructure(format!(
+                "{what}: {last_problem} ({url}); not sent again, as it may have been carried out"
+            ))
+            .with_hint("look in Intune whether it took effect before trying again")
+            .with_code(last_code.unwrap_or_else(|| "no answer".into())));
+        }
         if attempt + 1 < attempts {
-            tracing::debug!(what, problem = %last_problem, wait_ms = wait.as_millis() as u64, "retrying Graph request");
+            // Visible at info: a retry that succeeds should still be seen, not eaten.
+            tracing::info!(what, problem = %last_problem, wait_ms = wait.as_millis() as u64, "retrying Graph request");
             tokio::time::sleep(wait).await;
         }
     }
@@ -174,206 +189,6 @@ pub(crate) fn graph_error(body: &str) -> (String, String) {
     (outer.error.code, outer.error.message)
 }
 
-/// Graph API version of a call. `deploymentProfileAssignmentStatus`, `deploymentProfile`
-/// and `allowNextEnrollment` exist only in beta.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiVersion {
-    V1,
-    Beta,
-}
-
-impl ApiVersion {
-    pub fn segment(self) -> &'static str {
-        match self {
-            ApiVersion::V1 => "v1.0",
-            ApiVersion::Beta => "beta",
-        }
-    }
-}
-
-/// What a 404 means for a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotFound {
-    /// The Autopilot identity does not exist (`Config`, import the hardware hash).
-    Identity,
-    /// The Intune record does not exist (`Config`, the device is not enrolled).
-    ManagedDevice,
-    /// The thing is already gone or absent; that is the answer.
-    Absent,
-}
-
-const SERVICE_CONFIG_READ: &str = "DeviceManagementServiceConfig.Read.All";
-const SERVICE_CONFIG_WRITE: &str = "DeviceManagementServiceConfig.ReadWrite.All";
-const MANAGED_DEVICES_READ: &str = "DeviceManagementManagedDevices.Read.All";
-const MANAGED_DEVICES_WRITE: &str = "DeviceManagementManagedDevices.ReadWrite.All";
-
-const IDENTITIES: &str = "deviceManagement/windowsAutopilotDeviceIdentities";
-
-/// One Graph request, described before it is sent (or printed by the dry-run).
-#[derive(Debug, Clone, PartialEq)]
-pub struct GraphCall {
-    pub method: Method,
-    pub version: ApiVersion,
-    /// Path segments under the version, unescaped.
-    pub segments: Vec<String>,
-    pub query: Vec<(String, String)>,
-    pub body: Option<Value>,
-    /// The application permission the call needs (named when Graph answers 403).
-    pub permission: &'static str,
-    pub not_found: NotFound,
-    /// What the call is for, in the lab's words, for messages.
-    pub what: String,
-}
-
-impl GraphCall {
-    fn new(method: Method, version: ApiVersion, path: &str, what: String) -> Self {
-        GraphCall {
-            method,
-            version,
-            segments: path.split('/').map(str::to_string).collect(),
-            query: Vec::new(),
-            body: None,
-            permission: SERVICE_CONFIG_READ,
-            not_found: NotFound::Identity,
-            what,
-        }
-    }
-
-    fn identity_action(id: &str, action: &str, version: ApiVersion, what: String) -> Self {
-        let mut call = GraphCall::new(Method::POST, version, IDENTITIES, what);
-        call.segments.push(id.to_string());
-        call.segments.push(action.to_string());
-        call.permission = SERVICE_CONFIG_WRITE;
-        call
-    }
-
-    /// `GET beta/.../windowsAutopilotDeviceIdentities?$filter=contains(serialNumber,'X')`.
-    /// `contains`, because the service rejects `eq` on serialNumber; beta, because only
-    /// beta has deploymentProfileAssignmentStatus.
-    pub fn find_identity(serial: &str) -> Self {
-        let mut call = GraphCall::new(
-            Method::GET,
-            ApiVersion::Beta,
-            IDENTITIES,
-            format!("find the Autopilot identity of serial {serial}"),
-        );
-        let quoted = serial.trim().replace('\'', "''");
-        call.query.push((
-            "$filter".into(),
-            format!("contains(serialNumber,'{quoted}')"),
-        ));
-        call
-    }
-
-    pub fn deployment_profile(identity_id: &str) -> Self {
-        let mut call = GraphCall::new(
-            Method::GET,
-            ApiVersion::Beta,
-            IDENTITIES,
-            format!("read the deployment profile of Autopilot identity {identity_id}"),
-        );
-        call.segments.push(identity_id.to_string());
-        call.segments.push("deploymentProfile".into());
-        call.not_found = NotFound::Absent;
-        call
-    }
-
-    pub fn assign_user(identity_id: &str, upn: &str) -> Self {
-        let mut call = GraphCall::identity_action(
-            identity_id,
-            "assignUserToDevice",
-            ApiVersion::V1,
-            format!("assign {upn} to Autopilot identity {identity_id}"),
-        );
-        // The greeting name OOBE shows; the UPN's local part is what Intune's own
-        // portal suggests.
-        let addressable = upn.split('@').next().unwrap_or(upn);
-        call.body = Some(json!({"userPrincipalName": upn, "addressableUserName": addressable}));
-        call
-    }
-
-    pub fn unassign_user(identity_id: &str) -> Self {
-        GraphCall::identity_action(
-            identity_id,
-            "unassignUserFromDevice",
-            ApiVersion::V1,
-            format!("unassign the user of Autopilot identity {identity_id}"),
-        )
-    }
-
-    pub fn set_group_tag(identity_id: &str, group_tag: &str) -> Self {
-        let mut call = GraphCall::identity_action(
-            identity_id,
-            "updateDeviceProperties",
-            ApiVersion::V1,
-            format!("set group tag \"{group_tag}\" on Autopilot identity {identity_id}"),
-        );
-        call.body = Some(json!({"groupTag": group_tag}));
-        call
-    }
-
-    pub fn allow_next_enrollment(identity_id: &str) -> Self {
-        GraphCall::identity_action(
-            identity_id,
-            "allowNextEnrollment",
-            ApiVersion::Beta,
-            format!("unblock re-enrollment of Autopilot identity {identity_id}"),
-        )
-    }
-
-    pub fn delete_managed_device(managed_device_id: &str) -> Self {
-        let mut call = GraphCall::new(
-            Method::DELETE,
-            ApiVersion::V1,
-            "deviceManagement/managedDevices",
-            format!("delete the Intune record {managed_device_id}"),
-        );
-        call.segments.push(managed_device_id.to_string());
-        call.permission = MANAGED_DEVICES_WRITE;
-        call.not_found = NotFound::Absent;
-        call
-    }
-
-    pub fn compliance(managed_device_id: &str) -> Self {
-        let mut call = GraphCall::new(
-            Method::GET,
-            ApiVersion::V1,
-            "deviceManagement/managedDevices",
-            format!("read the compliance of Intune record {managed_device_id}"),
-        );
-        call.segments.push(managed_device_id.to_string());
-        call.query
-            .push(("$select".into(), "id,complianceState".into()));
-        call.permission = MANAGED_DEVICES_READ;
-        call.not_found = NotFound::ManagedDevice;
-        call
-    }
-
-    /// The full URL under `graph_url`, path segments and query escaped.
-    pub fn url(&self, graph_url: &str) -> DeviceResult<reqwest::Url> {
-        let base = format!(
-            "{}/{}/",
-            graph_url.trim_end_matches('/'),
-            self.version.segment()
-        );
-        let mut url = reqwest::Url::parse(&base).map_err(|e| {
-            DeviceError::config(format!("graph_url \"{graph_url}\" is not a URL: {e}"))
-                .with_hint("e.g. https://graph.microsoft.com (or the sovereign cloud's Graph host)")
-        })?;
-        url.path_segments_mut()
-            .map_err(|_| {
-                DeviceError::config(format!("graph_url \"{graph_url}\" cannot have a path"))
-            })?
-            .pop_if_empty()
-            .extend(&self.segments);
-        if !self.query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(self.query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        }
-        Ok(url)
-    }
-}
-
 /// The Autopilot identity as Graph returns it (only the fields aplab reads).
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
@@ -409,6 +224,36 @@ impl From<GraphIdentity> for AutopilotIdentity {
             group_tag: g.group_tag.unwrap_or_default(),
         }
     }
+}
+
+/// Refuses a hardware hash that is not padded base64 (Graph would reject the import).
+pub(crate) fn check_hardware_hash(hardware_hash: &str) -> DeviceResult<()> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(hardware_hash.trim());
+    if hardware_hash.trim().is_empty() || decoded.is_err() {
+        return Err(
+            DeviceError::config("the hardware hash is not base64").with_hint(
+                "give the Hardware Hash column of Get-WindowsAutopilotInfo's CSV, unchanged",
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// An import that ended in error, with the service's reason.
+fn import_refused(serial: &str, state: &Value) -> DeviceError {
+    let code = state["deviceErrorCode"].as_i64().unwrap_or_default();
+    let name = state["deviceErrorName"].as_str().unwrap_or_default();
+    let hint = match code {
+        806 => "the device is already registered: delete the old registration first",
+        808 => "the device is registered in another tenant: that tenant must deregister it",
+        _ => "check the hardware hash (captured on this device, unchanged) and the serial",
+    };
+    DeviceError::config(format!(
+        "the hardware hash import of {serial} failed: {name} ({code})"
+    ))
+    .with_hint(hint)
+    .with_code(code.to_string())
 }
 
 /// Picks the identity whose serial is exactly `serial` from a `contains` result.
@@ -468,8 +313,17 @@ impl GraphTenant {
     }
 
     pub fn with_policy(config: &TenantConfig, policy: RetryPolicy) -> DeviceResult<Self> {
-        // Check the URL now: a typo should fail before any device is touched.
+        // Check the URLs now: a typo should fail before any device is touched.
         GraphCall::compliance("x").url(&config.graph_url)?;
+        reqwest::Url::parse(&super::token::token_url(config)).map_err(|e| {
+            DeviceError::config(format!(
+                "login_url \"{}\" is not a URL: {e}",
+                config.login_url
+            ))
+            .with_hint(
+                "e.g. https://login.microsoftonline.com (or the sovereign cloud's login host)",
+            )
+        })?;
         let http = reqwest::Client::builder()
             .connect_timeout(policy.connect_timeout)
             .user_agent(concat!("aplab/", env!("CARGO_PKG_VERSION")))
@@ -500,19 +354,25 @@ impl GraphTenant {
         let mut refreshed = false;
         loop {
             let token = self.tokens.token().await?;
-            let response = send_retrying(&self.policy, &call.what, url.as_str(), || {
-                let request = self
-                    .http
-                    .request(call.method.clone(), url.clone())
-                    .bearer_auth(&token);
-                match &call.body {
-                    Some(body) => request.json(body),
-                    None if call.method == Method::POST => {
-                        request.header(reqwest::header::CONTENT_LENGTH, "0")
+            let response = send_retrying(
+                &self.policy,
+                &call.what,
+                url.as_str(),
+                call.repeatable,
+                || {
+                    let request = self
+                        .http
+                        .request(call.method.clone(), url.clone())
+                        .bearer_auth(&token);
+                    match &call.body {
+                        Some(body) => request.json(body),
+                        None if call.method == Method::POST => {
+                            request.header(reqwest::header::CONTENT_LENGTH, "0")
+                        }
+                        None => request,
                     }
-                    None => request,
-                }
-            })
+                },
+            )
             .await?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !refreshed {
@@ -702,6 +562,68 @@ impl Tenant for GraphTenant {
             .await?;
         Ok(answer.as_ref().and_then(DeploymentProfile::from_graph))
     }
+
+    async fn granted_permissions(&self) -> DeviceResult<Option<Vec<String>>> {
+        Ok(super::token::token_roles(&self.tokens.token().await?))
+    }
+
+    async fn import_identity(
+        &self,
+        serial: &str,
+        hardware_hash: &str,
+        group_tag: &str,
+        poll: Poll,
+    ) -> DeviceResult<String> {
+        check_serial(serial)?;
+        check_hardware_hash(hardware_hash)?;
+        let answer = self
+            .send(&GraphCall::import_identity(
+                serial,
+                hardware_hash,
+                group_tag,
+            ))
+            .await?;
+        let mut import = answer
+            .as_ref()
+            .and_then(|v| v.get("value"))
+            .and_then(Value::as_array)
+            .and_then(|items| items.first())
+            .cloned()
+            .ok_or_else(|| {
+                DeviceError::infrastructure(format!(
+                    "the import of {serial} returned no import record"
+                ))
+            })?;
+        let import_id = import["id"].as_str().unwrap_or_default().to_string();
+        let started = tokio::time::Instant::now();
+        loop {
+            let state = &import["state"];
+            match state["deviceImportStatus"].as_str().unwrap_or("unknown") {
+                "complete" => {
+                    let id = state["deviceRegistrationId"].as_str().unwrap_or_default();
+                    return Ok(if id.is_empty() {
+                        import_id
+                    } else {
+                        id.to_string()
+                    });
+                }
+                "error" | "partial" => return Err(import_refused(serial, state)),
+                status if started.elapsed() >= poll.deadline => {
+                    return Err(DeviceError::timeout(format!(
+                        "the hardware hash import of {serial} is still \"{status}\" after {}",
+                        humantime::format_duration(poll.deadline)
+                    ))
+                    .with_hint("imports can take several minutes; look at Intune > Devices > Windows enrollment > Devices"));
+                }
+                _ => {}
+            }
+            tokio::time::sleep(poll.interval).await;
+            import = self
+                .send(&GraphCall::import_status(&import_id))
+                .await?
+                .unwrap_or_default();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -729,6 +651,31 @@ mod tests {
             url.path(),
             "/v1.0/deviceManagement/managedDevices/..%2F..%2Fme"
         );
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors() {
+        let mut config = TenantConfig {
+            name: "t".into(),
+            tenant_id: "tid".into(),
+            client_id: "cid".into(),
+            credential: crate::model::inventory::Credential::ClientSecret(
+                crate::model::inventory::SecretRef::Env("X".into()),
+            ),
+            graph_url: "graph.microsoft.com".into(),
+            login_url: "https://login.microsoftonline.com".into(),
+            users: Default::default(),
+            organization: None,
+            profile: None,
+        };
+        let err = GraphTenant::new(&config).unwrap_err();
+        assert!(err.message.contains("graph_url"), "{}", err.message);
+        config.graph_url = "https://graph.microsoft.com".into();
+        config.login_url = "login".into();
+        let err = GraphTenant::new(&config).unwrap_err();
+        assert!(err.message.contains("login_url"), "{}", err.message);
+        config.login_url = "https://login.microsoftonline.us".into();
+        assert!(GraphTenant::new(&config).is_ok());
     }
 
     #[test]

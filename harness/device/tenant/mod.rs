@@ -1,6 +1,7 @@
 //! The tenant side of a device: its Autopilot identity, deployment profile, Intune record
 //! and compliance, reached through Microsoft Graph.
 //!
+//! - `call.rs`: each Graph call as data (method, URL, body, permission needed).
 //! - `graph.rs`: the [`Tenant`](crate::device::Tenant) backend over Graph (HTTP).
 //! - `token.rs`: OAuth2 client-credentials tokens, cached and refreshed.
 //! - `preflight.rs`: checks a set of devices against the tenant before any is powered.
@@ -9,6 +10,7 @@
 //! This file holds what every backend shares: the serial checks, the waits that poll the
 //! tenant until it settles, and matching the configuration screen's QR code.
 
+pub mod call;
 pub mod dryrun;
 pub mod graph;
 pub mod preflight;
@@ -17,9 +19,19 @@ pub mod token;
 use std::time::Duration;
 
 use crate::device::{AutopilotIdentity, DeviceError, DeviceResult, Tenant};
+use crate::model::inventory::TenantConfig;
 
 pub use dryrun::DryRunTenant;
 pub use graph::{GraphTenant, RetryPolicy};
+
+/// The tenant backend for a credential set: Graph, or the dry-run that only prints.
+pub fn connect(config: &TenantConfig, dry_run: bool) -> DeviceResult<Box<dyn Tenant>> {
+    if dry_run {
+        Ok(Box::new(DryRunTenant::to_stdout(config)))
+    } else {
+        Ok(Box::new(GraphTenant::new(config)?))
+    }
+}
 
 /// Firmware placeholders OEMs leave in the SMBIOS serial field. A lookup by such a
 /// "serial" would match unrelated devices (`contains` filter), so it is refused.

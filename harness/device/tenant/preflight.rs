@@ -2,8 +2,9 @@
 //! powered, so that a run does not spend an hour to learn the hardware hash was never
 //! imported. For each device: a real serial, registered, a deployment profile assigned
 //! that allows pre-provisioning (and is the one expected), not blocked for re-enrollment;
-//! for the tenant: it answers, and the app's credentials carry the read permissions (a
-//! 403 on a read names the missing one). Write permissions show on the first write.
+//! for the tenant: it answers, and the app's credentials carry the permissions (a 403 on
+//! a read names a missing read permission; the token's `roles`, when it is a JWT as
+//! Entra's are, name a missing write permission before anything is written).
 
 use serde::Serialize;
 
@@ -54,9 +55,22 @@ impl Problem {
     }
 }
 
+/// The permissions a full run uses: what each is for.
+pub const NEEDED_PERMISSIONS: [(&str, &str); 2] = [
+    (
+        "DeviceManagementServiceConfig.ReadWrite.All",
+        "set group tags, assign users, unblock re-enrollment, import hardware hashes",
+    ),
+    (
+        "DeviceManagementManagedDevices.ReadWrite.All",
+        "read compliance, delete the Intune record before a technician flow is re-run",
+    ),
+];
+
 /// Checks `targets` against one tenant. Returns every problem found, in target order;
 /// empty means all clear. If the tenant does not answer, each remaining device gets that
-/// one problem rather than waiting for the same timeout again.
+/// one problem rather than waiting for the same timeout again. A permission the token
+/// shows missing is a warning on every device (only the steps that need it will fail).
 pub async fn preflight(
     tenant: &dyn Tenant,
     targets: &[Target],
@@ -64,7 +78,34 @@ pub async fn preflight(
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut outage: Option<DeviceError> = None;
+    let missing = match tenant.granted_permissions().await {
+        Ok(Some(roles)) => NEEDED_PERMISSIONS
+            .iter()
+            .filter(|(needed, _)| !roles.iter().any(|r| r == needed))
+            .map(|(needed, why)| {
+                DeviceError::config(format!(
+                    "the app lacks the Graph permission {needed}: it cannot {why}"
+                ))
+                .with_hint(format!(
+                    "grant the application permission {needed} in Entra ID and grant admin consent"
+                ))
+                .with_code("HTTP 403")
+            })
+            .collect(),
+        // Unknown (opaque token): the first write names a missing permission.
+        Ok(None) => Vec::new(),
+        // The tenant does not answer: no device check would fare better.
+        Err(error) if error.class == FailureClass::Infrastructure => {
+            outage = Some(error);
+            Vec::new()
+        }
+        // Bad credentials and the like: reported through the device checks below.
+        Err(_) => Vec::new(),
+    };
     for target in targets {
+        for error in &missing {
+            problems.push(Problem::new(target, error.clone(), false));
+        }
         if let Some(error) = &outage {
             problems.push(Problem::new(target, error.clone(), true));
             continue;

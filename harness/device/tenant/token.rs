@@ -1,4 +1,5 @@
-//! OAuth2 client-credentials tokens for Graph.
+//! OAuth2 client-credentials tokens for Graph, with a client secret or a certificate
+//! (a signed client assertion).
 //!
 //! A small flow of our own rather than `azure_identity`: a harness needs exactly one
 //! grant (client credentials against `{login_url}/{tenant}/oauth2/v2.0/token`), must
@@ -34,6 +35,105 @@ pub fn resolve_secret(secret: &SecretRef) -> DeviceResult<String> {
                     .with_hint("check the path and that the harness user may read it")
             }),
     }
+}
+
+/// `client_assertion_type` of a certificate credential.
+pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// How long a client assertion is valid (Entra accepts up to 10 minutes' skew).
+const ASSERTION_LIFETIME: u64 = 600;
+
+/// The claims of a client assertion (RFC 7523; Entra's certificate credential).
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub struct AssertionClaims {
+    pub aud: String,
+    pub iss: String,
+    pub sub: String,
+    pub jti: String,
+    pub nbf: u64,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// The certificate's SHA-256 thumbprint as Entra wants it in `x5t#S256`: base64url of
+/// the SHA-256 of the DER certificate.
+pub fn certificate_thumbprint(certificate_pem: &str) -> Result<String, String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let parsed = pem::parse_many(certificate_pem).map_err(|e| e.to_string())?;
+    let der = parsed
+        .iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .ok_or("no CERTIFICATE block in the file")?
+        .contents();
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(der)))
+}
+
+/// Signs a client assertion (RS256, `x5t#S256` naming the certificate) for the token
+/// endpoint `audience`, with the private key from its reference.
+pub fn client_assertion(
+    client_id: &str,
+    audience: &str,
+    certificate: &std::path::Path,
+    key: &SecretRef,
+) -> DeviceResult<String> {
+    let certificate_pem = std::fs::read_to_string(certificate).map_err(|e| {
+        DeviceError::config(format!(
+            "cannot read certificate {}: {e}",
+            certificate.display()
+        ))
+        .with_hint("the certificate (PEM) uploaded to the app registration")
+    })?;
+    let thumbprint = certificate_thumbprint(&certificate_pem).map_err(|e| {
+        DeviceError::config(format!(
+            "certificate {} is not PEM: {e}",
+            certificate.display()
+        ))
+        .with_hint("give the PEM certificate (-----BEGIN CERTIFICATE-----)")
+    })?;
+    let key_pem = resolve_secret(key)?;
+    let signing_key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.as_bytes()).map_err(|_| {
+            DeviceError::config("the certificate's private key is not an RSA private key in PEM")
+                .with_hint("Entra certificate credentials use RSA keys (PKCS#1 or PKCS#8 PEM)")
+        })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let claims = AssertionClaims {
+        aud: audience.to_string(),
+        iss: client_id.to_string(),
+        sub: client_id.to_string(),
+        jti: format!("{:032x}", rand::random::<u128>()),
+        nbf: now,
+        iat: now,
+        exp: now + ASSERTION_LIFETIME,
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.x5t_s256 = Some(thumbprint);
+    jsonwebtoken::encode(&header, &claims, &signing_key)
+        .map_err(|e| DeviceError::harness(format!("cannot sign the client assertion: {e}")))
+}
+
+/// The application permissions an access token carries (its `roles` claim), when the
+/// token is a JWT. Entra's app-only Graph tokens are; the claim is read, not verified:
+/// it only lets pre-flight name a missing permission before a write fails.
+pub fn token_roles(token: &str) -> Option<Vec<String>> {
+    use base64::Engine;
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let roles = claims.get("roles")?.as_array()?;
+    Some(
+        roles
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_string))
+            .collect(),
+    )
 }
 
 /// When to fetch a new token, measured from when the current one was issued: a little
@@ -144,26 +244,26 @@ impl TokenSource {
     }
 
     async fn fetch(&self) -> DeviceResult<Cached> {
-        let secret = match &self.credential {
-            Credential::ClientSecret(secret) => resolve_secret(secret)?,
-            Credential::Certificate { certificate, .. } => {
-                return Err(DeviceError::config(format!(
-                    "tenant {}: certificate credentials ({}) are not supported yet",
-                    self.tenant_name,
-                    certificate.display()
-                ))
-                .with_hint("use a client secret (credential: client_secret) for this tenant; see docs/tenant.md"));
-            }
+        // Read at each request; dropped with the form when the request is done.
+        let credential = match &self.credential {
+            Credential::ClientSecret(secret) => ("client_secret", resolve_secret(secret)?),
+            Credential::Certificate { certificate, key } => (
+                "client_assertion",
+                client_assertion(&self.client_id, &self.token_url, certificate, key)?,
+            ),
         };
-        let form = [
+        let mut form = vec![
             ("client_id", self.client_id.as_str()),
-            ("client_secret", secret.as_str()),
+            (credential.0, credential.1.as_str()),
             ("scope", self.scope.as_str()),
             ("grant_type", "client_credentials"),
         ];
+        if credential.0 == "client_assertion" {
+            form.push(("client_assertion_type", ASSERTION_TYPE));
+        }
         let what = format!("get a token for tenant {}", self.tenant_name);
         let started = Instant::now();
-        let response = send_retrying(&self.policy, &what, &self.token_url, || {
+        let response = send_retrying(&self.policy, &what, &self.token_url, true, || {
             self.http.post(&self.token_url).form(&form)
         })
         .await
@@ -216,8 +316,12 @@ impl TokenSource {
                 "check client_id: no such application in this tenant"
             }
             (_, "AADSTS7000222") => "the client secret has expired: create a new one",
+            (_, "AADSTS700027") | (_, "AADSTS700024") => {
+                "check the certificate: it must be the one uploaded to the app registration, \
+                 its key must match, and the lab host's clock must be right"
+            }
             ("invalid_client", _) => {
-                "check the client secret (wrong or expired) and client_id for this tenant"
+                "check the client secret or certificate (wrong or expired) and client_id for this tenant"
             }
             _ => "check tenant_id, client_id and the client secret for this tenant",
         };
@@ -253,6 +357,35 @@ mod tests {
             Duration::from_secs(45)
         );
         assert_eq!(refresh_after(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn roles_are_read_from_jwt_tokens_only() {
+        // {"alg":"none"} . {"roles":["A.Read.All","B.ReadWrite.All"]} . (empty)
+        let jwt = "eyJhbGciOiJub25lIn0.eyJyb2xlcyI6WyJBLlJlYWQuQWxsIiwiQi5SZWFkV3JpdGUuQWxsIl19.";
+        assert_eq!(
+            token_roles(jwt).unwrap(),
+            vec!["A.Read.All".to_string(), "B.ReadWrite.All".to_string()]
+        );
+        assert_eq!(token_roles("opaque-token"), None);
+        assert_eq!(token_roles("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn a_thumbprint_needs_a_certificate_block() {
+        assert!(certificate_thumbprint("not pem").is_err());
+        let key_only = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        assert!(
+            certificate_thumbprint(key_only)
+                .unwrap_err()
+                .contains("CERTIFICATE")
+        );
+        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        // SHA-256 of the three bytes 00 00 00, base64url without padding.
+        assert_eq!(
+            certificate_thumbprint(cert).unwrap(),
+            "cJ6AyISHokEeHuTfufIqhhSS0gxHZRUMDHlKvXD4FHw"
+        );
     }
 
     #[test]

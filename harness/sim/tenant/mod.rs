@@ -17,14 +17,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Form, OriginalUri, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::clock::{LabClock, LabTime};
+
+mod http;
 use crate::model::inventory::{Credential, Fault, Inventory, SecretRef, SimDevice};
 
 // ---- The device side's view of the tenant (a copy of sim/enrollment.rs's contract) ----
@@ -104,6 +101,15 @@ impl Default for Settings {
     }
 }
 
+/// What an app proves itself with.
+#[derive(Debug, Clone)]
+pub enum AppCredential {
+    Secret(String),
+    /// The PEM certificate uploaded to the app: client assertions must be signed by its
+    /// key and name it in `x5t#S256`.
+    Certificate(String),
+}
+
 /// One app registration the tenant accepts.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -111,7 +117,7 @@ pub struct App {
     pub tenant: String,
     pub tenant_id: String,
     pub client_id: String,
-    pub client_secret: String,
+    pub credential: AppCredential,
     pub organization: String,
     /// Display name of the Entra profile (the inventory's expected profile, if given).
     pub entra_profile: String,
@@ -167,8 +173,11 @@ pub struct TenantState {
     settings: Settings,
     identities: BTreeMap<String, Identity>,
     managed: BTreeMap<String, ManagedDevice>,
-    /// Serials of devices the inventory lists as not registered.
-    unregistered: BTreeSet<String>,
+    /// Devices the inventory lists as not registered, by serial, as they will be once
+    /// their hardware hash is imported.
+    unregistered: BTreeMap<String, Identity>,
+    /// Hardware hash imports by id: their `state`, `complete` once read back.
+    imports: BTreeMap<String, Value>,
     /// Known users by UPN (from the inventory); empty = accept any UPN.
     users: BTreeSet<String>,
     tokens: HashMap<String, (String, LabTime)>,
@@ -206,7 +215,8 @@ impl TenantState {
             settings,
             identities: BTreeMap::new(),
             managed: BTreeMap::new(),
-            unregistered: BTreeSet::new(),
+            unregistered: BTreeMap::new(),
+            imports: BTreeMap::new(),
             users: BTreeSet::new(),
             tokens: HashMap::new(),
             permissions: ALL_PERMISSIONS.iter().map(|p| p.to_string()).collect(),
@@ -224,19 +234,25 @@ impl TenantState {
         let mut apps = Vec::new();
         let mut users = BTreeSet::new();
         for (name, config) in &inventory.tenants {
-            let Credential::ClientSecret(secret) = &config.credential else {
-                // Certificate credentials are not served by the sim; such a tenant
-                // accepts no token request.
-                continue;
+            let credential = match &config.credential {
+                Credential::ClientSecret(secret) => AppCredential::Secret(
+                    read_secret(secret).map_err(|e| format!("virtual tenant {name}: {e}"))?,
+                ),
+                Credential::Certificate { certificate, .. } => AppCredential::Certificate(
+                    std::fs::read_to_string(certificate).map_err(|e| {
+                        format!(
+                            "virtual tenant {name}: cannot read certificate {}: {e}",
+                            certificate.display()
+                        )
+                    })?,
+                ),
             };
-            let client_secret =
-                read_secret(secret).map_err(|e| format!("virtual tenant {name}: {e}"))?;
             users.extend(config.users.values().map(|u| u.upn.to_ascii_lowercase()));
             apps.push(App {
                 tenant: name.clone(),
                 tenant_id: config.tenant_id.clone(),
                 client_id: config.client_id.clone(),
-                client_secret,
+                credential,
                 organization: config
                     .organization
                     .clone()
@@ -258,10 +274,6 @@ impl TenantState {
                 allow_preprovisioning: true,
                 ..SimDevice::default()
             });
-            if !sim.registered {
-                state.unregistered.insert(device.serial.clone());
-                continue;
-            }
             let group_tag = ["group_tag", "group-tag", "groupTag"]
                 .iter()
                 .find_map(|k| device.tags.get(*k).cloned())
@@ -274,17 +286,23 @@ impl TenantState {
                     _ => 0,
                 })
                 .sum();
-            state.register(
+            let id = state.register(
                 tenant,
                 &device.serial,
                 &device.model,
                 &device.manufacturer,
                 &group_tag,
             );
-            if let Some(identity) = state.by_serial_mut(&device.serial) {
-                identity.allow_preprovisioning = sim.allow_preprovisioning;
-                identity.esp_enabled = !sim.esp_disabled;
-                identity.throttle = throttle;
+            let Some(mut identity) = state.identities.remove(&id) else {
+                continue;
+            };
+            identity.allow_preprovisioning = sim.allow_preprovisioning;
+            identity.esp_enabled = !sim.esp_disabled;
+            identity.throttle = throttle;
+            if sim.registered {
+                state.identities.insert(id, identity);
+            } else {
+                state.unregistered.insert(device.serial.clone(), identity);
             }
         }
         Ok(state)
@@ -569,37 +587,48 @@ impl SimTenant {
         self.state().permissions.remove(permission);
     }
 
+    /// Grants a Graph application permission to every app (tokens issued from now on
+    /// carry it in `roles`).
+    pub fn grant_permission(&self, permission: &str) {
+        self.state().permissions.insert(permission.to_string());
+    }
+
     pub fn settings_mut(&self, change: impl FnOnce(&mut Settings)) {
         change(&mut self.state().settings);
+    }
+
+    /// Seeds the tenant from the inventory and serves it where the inventory says
+    /// (`lab.virtual_lab.tenant`, on 127.0.0.1 only).
+    pub async fn start(
+        inventory: &Inventory,
+        clock: Arc<LabClock>,
+        settings: Settings,
+    ) -> Result<(SimTenant, TenantServer), String> {
+        let endpoint = inventory
+            .lab
+            .virtual_lab
+            .as_ref()
+            .and_then(|v| v.tenant.as_ref())
+            .ok_or("the inventory has no lab.virtual_lab.tenant endpoint")?;
+        if endpoint.host != "127.0.0.1" && endpoint.host != "localhost" {
+            return Err(format!(
+                "the virtual tenant listens on 127.0.0.1 only, not {}",
+                endpoint.host
+            ));
+        }
+        let sim = SimTenant::new(TenantState::from_inventory(inventory, settings)?, clock);
+        let addr = SocketAddr::from(([127, 0, 0, 1], endpoint.port));
+        let server = sim.serve(addr).await.map_err(|e| {
+            format!("cannot listen on {addr} for the virtual tenant: {e} (is the port in use?)")
+        })?;
+        Ok((sim, server))
     }
 
     /// Serves the Graph-style API and the token endpoint on `addr` (127.0.0.1:0 in tests).
     pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<TenantServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let graph = Router::new()
-            .route(
-                "/deviceManagement/windowsAutopilotDeviceIdentities",
-                get(list_identities),
-            )
-            .route(
-                "/deviceManagement/windowsAutopilotDeviceIdentities/{id}",
-                get(get_identity),
-            )
-            .route(
-                "/deviceManagement/windowsAutopilotDeviceIdentities/{id}/{action}",
-                post(identity_action).get(identity_relation),
-            )
-            .route(
-                "/deviceManagement/managedDevices/{id}",
-                get(get_managed_device).delete(delete_managed_device),
-            );
-        let app = Router::new()
-            .route("/{tenant}/oauth2/v2.0/token", post(token))
-            .nest("/v1.0", graph.clone())
-            .nest("/beta", graph)
-            .fallback(|| async { GraphFault::bad_request("Invalid version or resource") })
-            .with_state(self.clone());
+        let app = http::router(self.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
@@ -661,521 +690,6 @@ impl Drop for TenantServer {
     }
 }
 
-// ---- HTTP ----
-
-/// A Graph error answer: `{error:{code,message}}`, with Retry-After on a 429.
-#[derive(Debug)]
-struct GraphFault {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl GraphFault {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        GraphFault {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
-    }
-
-    fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "ResourceNotFound", message)
-    }
-
-    fn no_segment(segment: &str) -> Self {
-        Self::bad_request(format!("Resource not found for the segment '{segment}'."))
-    }
-}
-
-impl IntoResponse for GraphFault {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message,
-            "innerError": {"date": jiff::Timestamp::now().to_string()}}});
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(seconds) = self.retry_after
-            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        response
-    }
-}
-
-type GraphResult<T> = Result<T, GraphFault>;
-
-fn login_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let body = json!({"error": error, "error_description": description});
-    (status, Json(body)).into_response()
-}
-
-async fn token(
-    State(sim): State<SimTenant>,
-    Path(tenant_id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let now = sim.clock.now();
-    let mut state = sim.state();
-    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
-    let refusal = if field("grant_type") != "client_credentials" {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "AADSTS70003: The app requested an unsupported grant type.",
-        ))
-    } else if !field("scope").ends_with("/.default") {
-        Some((
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            "AADSTS1002012: The provided value for scope is not valid. Client credential flows \
-             must have a scope value with /.default suffixed to the resource identifier.",
-        ))
-    } else {
-        None
-    };
-    if let Some((status, error, description)) = refusal {
-        state.stats.token_refusals += 1;
-        return login_error(status, error, description);
-    }
-    let in_tenant: Vec<&App> = state
-        .apps
-        .iter()
-        .filter(|a| a.tenant_id == tenant_id)
-        .collect();
-    let outcome = if in_tenant.is_empty() {
-        Err((
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("AADSTS90002: Tenant '{tenant_id}' not found."),
-        ))
-    } else {
-        match in_tenant.iter().find(|a| a.client_id == field("client_id")) {
-            None => Err((
-                StatusCode::BAD_REQUEST,
-                "unauthorized_client",
-                format!(
-                    "AADSTS700016: Application with identifier '{}' was not found in the \
-                     directory '{tenant_id}'.",
-                    field("client_id")
-                ),
-            )),
-            Some(app) if app.client_secret != field("client_secret") => Err((
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                format!(
-                    "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent \
-                     in the request is the client secret value, not the client secret ID, for a \
-                     secret added to app '{}'.",
-                    app.client_id
-                ),
-            )),
-            Some(app) => Ok(app.tenant.clone()),
-        }
-    };
-    match outcome {
-        Err((status, error, description)) => {
-            state.stats.token_refusals += 1;
-            login_error(status, error, &description)
-        }
-        Ok(tenant) => {
-            let value = format!("simtoken-{:032x}", rand::random::<u128>());
-            let lifetime = state.settings.token_lifetime;
-            state.tokens.insert(value.clone(), (tenant, now + lifetime));
-            state.stats.tokens_issued += 1;
-            Json(
-                json!({"token_type": "Bearer", "expires_in": lifetime.as_secs(),
-                "ext_expires_in": lifetime.as_secs(), "access_token": value}),
-            )
-            .into_response()
-        }
-    }
-}
-
-const READ_IDENTITIES: &[&str] = &[
-    "DeviceManagementServiceConfig.Read.All",
-    "DeviceManagementServiceConfig.ReadWrite.All",
-];
-const WRITE_IDENTITIES: &[&str] = &["DeviceManagementServiceConfig.ReadWrite.All"];
-const READ_DEVICES: &[&str] = &[
-    "DeviceManagementManagedDevices.Read.All",
-    "DeviceManagementManagedDevices.ReadWrite.All",
-];
-const WRITE_DEVICES: &[&str] = &["DeviceManagementManagedDevices.ReadWrite.All"];
-
-impl TenantState {
-    fn throttled(&mut self, now: Instant) -> GraphFault {
-        self.stats.throttled += 1;
-        let wait = self.settings.retry_after;
-        self.throttled_until = Some(now + wait);
-        let mut fault = GraphFault::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
-            "Too many requests from this application; retry after the given delay",
-        );
-        fault.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
-        fault
-    }
-
-    /// Outage, authentication, throttling and permission, in that order. `permissions`:
-    /// any one of them allows the request. Returns the caller's tenant.
-    fn pass(
-        &mut self,
-        headers: &HeaderMap,
-        permissions: &[&str],
-        now: LabTime,
-    ) -> GraphResult<String> {
-        self.stats.graph_requests += 1;
-        if self.fail_next.0 > 0 {
-            self.fail_next.0 -= 1;
-            self.stats.failed += 1;
-            let status =
-                StatusCode::from_u16(self.fail_next.1).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return Err(GraphFault::new(
-                status,
-                "ServiceUnavailable",
-                "The service is temporarily unavailable",
-            ));
-        }
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let tenant = match self.tokens.get(bearer) {
-            _ if bearer.is_empty() => Err("Access token is empty."),
-            None => Err("Invalid JWT token. The token is not issued by this tenant."),
-            Some((_, expiry)) if now >= *expiry => {
-                Err("Lifetime validation failed, the token is expired.")
-            }
-            Some((tenant, _)) => Ok(tenant.clone()),
-        };
-        let tenant = tenant.map_err(|message| {
-            self.stats.unauthorized += 1;
-            GraphFault::new(
-                StatusCode::UNAUTHORIZED,
-                "InvalidAuthenticationToken",
-                message,
-            )
-        })?;
-        let wall = Instant::now();
-        if self.throttled_until.is_some_and(|until| wall < until) {
-            self.stats.early_retries += 1;
-            return Err(self.throttled(wall));
-        }
-        if self.throttle_next > 0 {
-            self.throttle_next -= 1;
-            return Err(self.throttled(wall));
-        }
-        if !permissions.iter().any(|p| self.permissions.contains(*p)) {
-            self.stats.forbidden += 1;
-            return Err(GraphFault::new(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                format!(
-                    "Application is not authorized to perform this operation. Application must \
-                     have one of the following scopes: {}",
-                    permissions.join(", ")
-                ),
-            ));
-        }
-        Ok(tenant)
-    }
-
-    /// The GraphThrottle fault of the device this request is about.
-    fn device_throttle(&mut self, identity_id: &str) -> GraphResult<()> {
-        let Some(identity) = self.identities.get_mut(identity_id) else {
-            return Ok(());
-        };
-        if identity.throttle == 0 {
-            return Ok(());
-        }
-        identity.throttle -= 1;
-        Err(self.throttled(Instant::now()))
-    }
-
-    /// The identity `id` in `tenant`, or Graph's 404.
-    fn identity_in(&self, tenant: &str, id: &str) -> GraphResult<&Identity> {
-        self.identities
-            .get(id)
-            .filter(|i| i.tenant == tenant)
-            .ok_or_else(|| {
-                GraphFault::not_found(format!("windowsAutopilotDeviceIdentity {id} not found"))
-            })
-    }
-
-    /// The Intune record `id` in `tenant`, or Graph's 404.
-    fn record_in(&self, tenant: &str, id: &str) -> GraphResult<&ManagedDevice> {
-        self.managed
-            .get(id)
-            .filter(|r| {
-                self.by_serial(&r.serial)
-                    .is_some_and(|i| i.tenant == tenant)
-            })
-            .ok_or_else(|| GraphFault::not_found(format!("managedDevice {id} not found")))
-    }
-
-    /// The identity whose Intune record is `record_id`.
-    fn identity_of_record(&self, record_id: &str) -> Option<String> {
-        self.identities
-            .values()
-            .find(|i| i.managed_device_id.as_deref() == Some(record_id))
-            .map(|i| i.id.clone())
-    }
-}
-
-fn is_beta(uri: &OriginalUri) -> bool {
-    uri.path().starts_with("/beta/")
-}
-
-/// The serial in `contains(serialNumber,'X')`, unescaped; or Graph's 400.
-fn serial_filter(filter: &str) -> GraphResult<String> {
-    static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"^\s*contains\(\s*serialNumber\s*,\s*'((?:[^']|'')*)'\s*\)\s*$")
-            .expect("a valid pattern")
-    });
-    if let Some(captures) = PATTERN.captures(filter) {
-        return Ok(captures[1].replace("''", "'"));
-    }
-    Err(GraphFault::bad_request(if filter.contains(" eq ") {
-        "Filter on serialNumber with operator 'eq' is not supported. Use contains(serialNumber,'value')."
-    } else {
-        "Invalid filter clause"
-    }))
-}
-
-async fn list_identities(
-    State(sim): State<SimTenant>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> GraphResult<Response> {
-    let now = sim.clock.now();
-    let mut state = sim.state();
-    let tenant = state.pass(&headers, READ_IDENTITIES, now)?;
-    let wanted = match query.get("$filter") {
-        Some(filter) => Some(serial_filter(filter)?.to_ascii_lowercase()),
-        None => None,
-    };
-    let matching: Vec<String> = state
-        .identities
-        .values()
-        .filter(|i| i.tenant == tenant)
-        .filter(|i| {
-            wanted
-                .as_ref()
-                .is_none_or(|w| i.serial.to_ascii_lowercase().contains(w))
-        })
-        .map(|i| i.id.clone())
-        .collect();
-    for id in &matching {
-        state.device_throttle(id)?;
-    }
-    let skip: usize = query
-        .get("$skiptoken")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let page_size = state.settings.page_size.max(1);
-    let beta = is_beta(&uri);
-    let page: Vec<Value> = matching
-        .iter()
-        .skip(skip)
-        .take(page_size)
-        .filter_map(|id| state.identities.get(id))
-        .map(|i| state.identity_json(i, beta, now))
-        .collect();
-    let mut body = json!({"value": page});
-    if skip + page_size < matching.len() {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1");
-        let mut next = reqwest::Url::parse(&format!("http://{host}{}", uri.path()))
-            .map_err(|e| GraphFault::bad_request(format!("bad Host header: {e}")))?;
-        {
-            let mut pairs = next.query_pairs_mut();
-            if let Some(filter) = query.get("$filter") {
-                pairs.append_pair("$filter", filter);
-            }
-            pairs.append_pair("$skiptoken", &(skip + page_size).to_string());
-        }
-        body["@odata.nextLink"] = json!(next.as_str());
-    }
-    Ok(Json(body).into_response())
-}
-
-async fn get_identity(
-    State(sim): State<SimTenant>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> GraphResult<Response> {
-    let now = sim.clock.now();
-    let mut state = sim.state();
-    let tenant = state.pass(&headers, READ_IDENTITIES, now)?;
-    state.device_throttle(&id)?;
-    let identity = state.identity_in(&tenant, &id)?;
-    Ok(Json(state.identity_json(identity, is_beta(&uri), now)).into_response())
-}
-
-async fn identity_relation(
-    State(sim): State<SimTenant>,
-    headers: HeaderMap,
-    Path((id, relation)): Path<(String, String)>,
-) -> GraphResult<Response> {
-    let now = sim.clock.now();
-    let mut state = sim.state();
-    let tenant = state.pass(&headers, READ_IDENTITIES, now)?;
-    if relation != "deploymentProfile" {
-        return Err(GraphFault::no_segment(&relation));
-    }
-    state.device_throttle(&id)?;
-    let identity = state.identity_in(&tenant, &id)?;
-    let assigned = state.assignment_status(identity, now) == "assignedInSync";
-    let Some((name, join)) = state.profile_of(identity).filter(|_| assigned) else {
-        return Err(GraphFault::not_found(
-            "No deployment profile is assigned to this device",
-        ));
-    };
-    let (odata_type, profile_id) = match join {
-        JoinKind::Entra => (
-            "#microsoft.graph.azureADWindowsAutopilotDeploymentProfile",
-            guid(9, 1),
-        ),
-        JoinKind::Hybrid => (
-            "#microsoft.graph.activeDirectoryWindowsAutopilotDeploymentProfile",
-            guid(9, 2),
-        ),
-    };
-    Ok(Json(json!({
-        "@odata.type": odata_type,
-        "id": profile_id,
-        "displayName": name,
-        "language": "os-default",
-        "deviceType": "windowsPc",
-        "enableWhiteGlove": identity.allow_preprovisioning,
-        "deviceNameTemplate": "",
-    }))
-    .into_response())
-}
-
-async fn identity_action(
-    State(sim): State<SimTenant>,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-    body: axum::body::Bytes,
-) -> GraphResult<StatusCode> {
-    let now = sim.clock.now();
-    let mut state = sim.state();
-    let tenant = state.pass(&headers, WRITE_IDENTITIES, now)?;
-    let everywhere = [
-        "assignUserToDevice",
-        "unassignUserFromDevice",
-        "updateDeviceProperties",
-    ];
-    let beta_only = action == "allowNextEnrollment";
-    if !(everywhere.contains(&action.as_str()) || (beta_only && is_beta(&uri))) {
-        return Err(GraphFault::no_segment(&action));
-    }
-    state.device_throttle(&id)?;
-    state.identity_in(&tenant, &id)?;
-    let input: Value = if body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| GraphFault::bad_request(format!("Invalid request body: {e}")))?
-    };
-    let text = |k: &str| input.get(k).and_then(Value::as_str).map(str::to_string);
-    let known_users = state.users.clone();
-    let identity = state
-        .identities
-        .get_mut(&id)
-        .ok_or_else(|| GraphFault::not_found("not found"))?;
-    match action.as_str() {
-        "assignUserToDevice" => {
-            let upn = text("userPrincipalName").unwrap_or_default();
-            if !upn.contains('@') {
-                return Err(GraphFault::bad_request(
-                    "userPrincipalName is required and must be a UPN",
-                ));
-            }
-            if !known_users.is_empty() && !known_users.contains(&upn.to_ascii_lowercase()) {
-                return Err(GraphFault::bad_request(format!(
-                    "User '{upn}' was not found in the directory"
-                )));
-            }
-            identity.user = Some((upn, text("addressableUserName").unwrap_or_default()));
-        }
-        "unassignUserFromDevice" => identity.user = None,
-        "updateDeviceProperties" => {
-            if let Some(tag) = text("groupTag")
-                && tag != identity.group_tag
-            {
-                identity.group_tag = tag;
-                identity.tag_changed_at = Some(now);
-            }
-            if let Some(upn) = text("userPrincipalName") {
-                let addressable = text("addressableUserName").unwrap_or_default();
-                identity.user = (!upn.is_empty()).then_some((upn, addressable));
-            }
-        }
-        // allowNextEnrollment
-        _ => identity.blocked = false,
-    }
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn get_managed_device(
-    State(sim): State<SimTenant>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> GraphResult<Response> {
-    let now = sim.clock.now();
-    let mut state = sim.state();
-    let tenant = state.pass(&headers, READ_DEVICES, now)?;
-    if let Some(identity) = state.identity_of_record(&id) {
-        state.device_throttle(&identity)?;
-    }
-    let record = state.record_in(&tenant, &id)?;
-    Ok(Json(json!({
-        "id": id,
-        "serialNumber": record.serial,
-        "complianceState": state.compliance_of(record, now),
-        "managementAgent": "mdm",
-        "operatingSystem": "Windows",
-    }))
-    .into_response())
-}
-
-async fn delete_managed_device(
-    State(sim): State<SimTenant>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> GraphResult<StatusCode> {
-    let now = sim.clock.now();
-    let mut state = sim.state();
-    let tenant = state.pass(&headers, WRITE_DEVICES, now)?;
-    let identity = state.identity_of_record(&id);
-    if let Some(identity) = &identity {
-        state.device_throttle(identity)?;
-    }
-    state.record_in(&tenant, &id)?;
-    state.managed.remove(&id);
-    if let Some(identity) = identity.and_then(|i| state.identities.get_mut(&i)) {
-        identity.managed_device_id = None;
-        identity.enrollment_state = "notContacted";
-        identity.blocked = false;
-    }
-    Ok(StatusCode::NO_CONTENT)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1185,7 +699,7 @@ mod tests {
             tenant: "lab".into(),
             tenant_id: "t1".into(),
             client_id: "c1".into(),
-            client_secret: "s".into(),
+            credential: AppCredential::Secret("s".into()),
             organization: "Contoso".into(),
             entra_profile: ENTRA_PROFILE.into(),
         };
@@ -1243,16 +757,5 @@ mod tests {
             "0x80180005"
         );
         assert_eq!(state.profile_for("PF1").unwrap().join, JoinKind::Hybrid);
-    }
-
-    #[test]
-    fn serial_filters_follow_graph() {
-        assert_eq!(
-            serial_filter("contains(serialNumber,'O''B 1')").unwrap(),
-            "O'B 1"
-        );
-        let refused = serial_filter("serialNumber eq 'PF1'").unwrap_err();
-        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
-        assert!(refused.message.contains("'eq' is not supported"));
     }
 }
