@@ -207,7 +207,12 @@ fn step_record(
         phase: phase.into(),
         step: step.into(),
         attempt,
-        status: if failure.is_some() { "failed" } else { "passed" }.into(),
+        status: if failure.is_some() {
+            "failed"
+        } else {
+            "passed"
+        }
+        .into(),
         class: failure.map(|f| f.0.to_string()),
         code: failure.and_then(|f| f.1.map(str::to_string)),
         message: failure.map(|f| f.2.to_string()),
@@ -269,25 +274,54 @@ fn ledger_with_history(path: &Path) -> SqliteLedger {
             }
             add_case(&ledger, case, at);
         }
-        ledger.finish_run(run, RunStatus::Finished, at + 3_600_000).unwrap();
+        ledger
+            .finish_run(run, RunStatus::Finished, at + 3_600_000)
+            .unwrap();
     }
     // The current run's step records.
     let r = "run-3";
     let pc01 = "preprovision[join=entra]@pc01";
     ledger
-        .record_step(&step_record(r, pc01, "technician", "wait for the success screen", 1, Some(("timeout", None, "no outcome within 45m"))))
+        .record_step(&step_record(
+            r,
+            pc01,
+            "technician",
+            "wait for the success screen",
+            1,
+            Some(("timeout", None, "no outcome within 45m")),
+        ))
         .unwrap();
     ledger
-        .record_step(&step_record(r, pc01, "technician", "wait for the success screen", 2, None))
+        .record_step(&step_record(
+            r,
+            pc01,
+            "technician",
+            "wait for the success screen",
+            2,
+            None,
+        ))
         .unwrap();
     let pc02 = "preprovision[join=entra]@pc02";
     ledger
-        .record_step(&step_record(r, pc02, "technician", "wait for the success screen", 1, Some(("product", Some("0x80180014"), "the failure screen showed 0x80180014"))))
+        .record_step(&step_record(
+            r,
+            pc02,
+            "technician",
+            "wait for the success screen",
+            1,
+            Some((
+                "product",
+                Some("0x80180014"),
+                "the failure screen showed 0x80180014",
+            )),
+        ))
         .unwrap();
     let mut pc02_case = case_record(r, "preprovision", "pc02", CaseStatus::Failed);
     pc02_case.class = Some("product".into());
     // A secret that slipped into a ledger message must not reach the reports either.
-    pc02_case.message = Some(format!("the failure screen showed 0x80180014 (typed {USER_PASSWORD})"));
+    pc02_case.message = Some(format!(
+        "the failure screen showed 0x80180014 (typed {USER_PASSWORD})"
+    ));
     pc02_case.started_at = Some(T0_MS);
     pc02_case.finished_at = Some(T0_MS + 60_000);
     ledger.update_case(&pc02_case).unwrap();
@@ -313,9 +347,18 @@ fn nasty_console() -> Vec<u8> {
     let mut out = Vec::new();
     out.extend(line(1, b"\x1b[2J\x1b[HWindows Boot Manager\x00\x07"));
     out.extend(line(2, b"BIOS says \xff\xfe\xfd and \x01\x02\x03\x7f"));
-    out.extend(line(3, "OOBE noncharacters \u{FFFE}\u{FFFF} here".as_bytes()));
-    out.extend(line(4, format!("typed password: {USER_PASSWORD}").as_bytes()));
-    out.extend(line(5, format!("POST /token client_secret={CLIENT_SECRET}").as_bytes()));
+    out.extend(line(
+        3,
+        "OOBE noncharacters \u{FFFE}\u{FFFF} here".as_bytes(),
+    ));
+    out.extend(line(
+        4,
+        format!("typed password: {USER_PASSWORD}").as_bytes(),
+    ));
+    out.extend(line(
+        5,
+        format!("POST /token client_secret={CLIENT_SECRET}").as_bytes(),
+    ));
     out.extend(line(6, b"\x1b[31mEnrollment failed: 0x80180014\x1b[0m\r"));
     out.extend(line(900, b"LINE AFTER THE FAILURE"));
     out
@@ -352,53 +395,209 @@ fn build_run() -> Run {
         },
     );
     w.phase_start("technician", None);
-    w.step("technician", "power on", "power on", 2.0, StepStatus::Passed, &[]);
-    w.step("technician", "open the provisioning menu", "press MetaLeft x5", 1.0, StepStatus::Passed, &[]);
-    w.emit(Some("technician"), Some("tpm facts"), 1.0, EventKind::StepStarted {
-        attempt: 1, attempts_allowed: 1, what: "check the TPM ([Family, Manufacturer, Firmware])".into(),
-        origin: "scenarios/preprovision.yaml:20:7".into(), block: None });
-    for (what, value) in [("tpm family", "2.0"), ("tpm manufacturer", "IFX"), ("tpm firmware", "7.85.4555.0")] {
-        w.emit(Some("technician"), Some("tpm facts"), 0.1, EventKind::DeviceStateSeen { what: what.into(), value: value.into() });
+    w.step(
+        "technician",
+        "power on",
+        "power on",
+        2.0,
+        StepStatus::Passed,
+        &[],
+    );
+    w.step(
+        "technician",
+        "open the provisioning menu",
+        "press MetaLeft x5",
+        1.0,
+        StepStatus::Passed,
+        &[],
+    );
+    w.emit(
+        Some("technician"),
+        Some("tpm facts"),
+        1.0,
+        EventKind::StepStarted {
+            attempt: 1,
+            attempts_allowed: 1,
+            what: "check the TPM ([Family, Manufacturer, Firmware])".into(),
+            origin: "scenarios/preprovision.yaml:20:7".into(),
+            block: None,
+        },
+    );
+    for (what, value) in [
+        ("tpm family", "2.0"),
+        ("tpm manufacturer", "IFX"),
+        ("tpm firmware", "7.85.4555.0"),
+    ] {
+        w.emit(
+            Some("technician"),
+            Some("tpm facts"),
+            0.1,
+            EventKind::DeviceStateSeen {
+                what: what.into(),
+                value: value.into(),
+            },
+        );
     }
-    w.emit(Some("technician"), Some("tpm facts"), 0.1, EventKind::DeviceStateSeen { what: "tpm ek certificate issuer".into(), value: "CN=Infineon OPTIGA(TM) TPM 2.0 RSA CA 042".into() });
-    w.emit(Some("technician"), Some("tpm facts"), 0.5, EventKind::StepFinished {
-        status: StepStatus::Passed, attempts: 1, attempts_allowed: 1, elapsed: Duration::from_secs(1),
-        timed_out_attempts: 0, stopped_by: None, captures: BTreeMap::new() });
+    w.emit(
+        Some("technician"),
+        Some("tpm facts"),
+        0.1,
+        EventKind::DeviceStateSeen {
+            what: "tpm ek certificate issuer".into(),
+            value: "CN=Infineon OPTIGA(TM) TPM 2.0 RSA CA 042".into(),
+        },
+    );
+    w.emit(
+        Some("technician"),
+        Some("tpm facts"),
+        0.5,
+        EventKind::StepFinished {
+            status: StepStatus::Passed,
+            attempts: 1,
+            attempts_allowed: 1,
+            elapsed: Duration::from_secs(1),
+            timed_out_attempts: 0,
+            stopped_by: None,
+            captures: BTreeMap::new(),
+        },
+    );
     // The retried step.
     let s = Some("wait for the success screen");
-    w.emit(Some("technician"), s, 1.0, EventKind::StepStarted {
-        attempt: 1, attempts_allowed: 2, what: "wait on the screen for success | failure".into(),
-        origin: "scenarios/preprovision.yaml:31:7".into(), block: Some("provision".into()) });
-    w.emit(Some("technician"), s, 2700.0, EventKind::StepRetried {
-        attempt: 1, next_in: Duration::from_secs(30), after_class: FailureClass::Timeout,
-        message: format!("no outcome within 45m (KVM login {KVM_PASSWORD} ok)") });
-    w.emit(Some("technician"), s, 30.0, EventKind::StepStarted {
-        attempt: 2, attempts_allowed: 2, what: "wait on the screen for success | failure".into(),
-        origin: "scenarios/preprovision.yaml:31:7".into(), block: Some("provision".into()) });
-    let captures: BTreeMap<String, String> = [("elapsed".to_string(), "00:41:12".to_string())].into();
-    w.emit(Some("technician"), s, 600.0, EventKind::PatternMatched {
-        source: Source::Screen, outcome: "success".into(), passed: true,
-        text: "Pre-provisioning complete. Elapsed time 00:41:12 Reseal".into(), captures: captures.clone() });
-    w.emit(Some("technician"), s, 0.5, EventKind::StepFinished {
-        status: StepStatus::Passed, attempts: 2, attempts_allowed: 2, elapsed: Duration::from_secs(3330),
-        timed_out_attempts: 1, stopped_by: None, captures });
-    let shot = dir.artifacts_dir(&w.case_id).unwrap().join("technician-success.png");
+    w.emit(
+        Some("technician"),
+        s,
+        1.0,
+        EventKind::StepStarted {
+            attempt: 1,
+            attempts_allowed: 2,
+            what: "wait on the screen for success | failure".into(),
+            origin: "scenarios/preprovision.yaml:31:7".into(),
+            block: Some("provision".into()),
+        },
+    );
+    w.emit(
+        Some("technician"),
+        s,
+        2700.0,
+        EventKind::StepRetried {
+            attempt: 1,
+            next_in: Duration::from_secs(30),
+            after_class: FailureClass::Timeout,
+            message: format!("no outcome within 45m (KVM login {KVM_PASSWORD} ok)"),
+        },
+    );
+    w.emit(
+        Some("technician"),
+        s,
+        30.0,
+        EventKind::StepStarted {
+            attempt: 2,
+            attempts_allowed: 2,
+            what: "wait on the screen for success | failure".into(),
+            origin: "scenarios/preprovision.yaml:31:7".into(),
+            block: Some("provision".into()),
+        },
+    );
+    let captures: BTreeMap<String, String> =
+        [("elapsed".to_string(), "00:41:12".to_string())].into();
+    w.emit(
+        Some("technician"),
+        s,
+        600.0,
+        EventKind::PatternMatched {
+            source: Source::Screen,
+            outcome: "success".into(),
+            passed: true,
+            text: "Pre-provisioning complete. Elapsed time 00:41:12 Reseal".into(),
+            captures: captures.clone(),
+        },
+    );
+    w.emit(
+        Some("technician"),
+        s,
+        0.5,
+        EventKind::StepFinished {
+            status: StepStatus::Passed,
+            attempts: 2,
+            attempts_allowed: 2,
+            elapsed: Duration::from_secs(3330),
+            timed_out_attempts: 1,
+            stopped_by: None,
+            captures,
+        },
+    );
+    let shot = dir
+        .artifacts_dir(&w.case_id)
+        .unwrap()
+        .join("technician-success.png");
     std::fs::write(&shot, png_bytes()).unwrap();
-    w.emit(Some("technician"), Some("screenshot"), 1.0, EventKind::ArtifactSaved {
-        kind: "screenshot".into(), path: shot.clone(), bytes: std::fs::metadata(&shot).unwrap().len(), truncated: false });
+    w.emit(
+        Some("technician"),
+        Some("screenshot"),
+        1.0,
+        EventKind::ArtifactSaved {
+            kind: "screenshot".into(),
+            path: shot.clone(),
+            bytes: std::fs::metadata(&shot).unwrap().len(),
+            truncated: false,
+        },
+    );
     w.phase_end("technician", PhaseStatus::Passed, 3400.0);
     w.t += 5400.0; // the 90-minute gap
     w.phase_start("user", Some(5400.0));
-    w.step("user", "sign in", "type secret text", 5.0, StepStatus::Passed, &[]);
-    w.emit(Some("user"), Some("joined to entra"), 1.0, EventKind::StepStarted {
-        attempt: 1, attempts_allowed: 1, what: "run `dsregcmd /status`".into(),
-        origin: "scenarios/preprovision.yaml:50:7".into(), block: None });
-    w.emit(Some("user"), Some("joined to entra"), 2.0, EventKind::DeviceStateSeen { what: "AzureAdJoined".into(), value: "YES".into() });
-    w.emit(Some("user"), Some("joined to entra"), 0.5, EventKind::StepFinished {
-        status: StepStatus::Passed, attempts: 1, attempts_allowed: 1, elapsed: Duration::from_secs(3),
-        timed_out_attempts: 0, stopped_by: None, captures: BTreeMap::new() });
+    w.step(
+        "user",
+        "sign in",
+        "type secret text",
+        5.0,
+        StepStatus::Passed,
+        &[],
+    );
+    w.emit(
+        Some("user"),
+        Some("joined to entra"),
+        1.0,
+        EventKind::StepStarted {
+            attempt: 1,
+            attempts_allowed: 1,
+            what: "run `dsregcmd /status`".into(),
+            origin: "scenarios/preprovision.yaml:50:7".into(),
+            block: None,
+        },
+    );
+    w.emit(
+        Some("user"),
+        Some("joined to entra"),
+        2.0,
+        EventKind::DeviceStateSeen {
+            what: "AzureAdJoined".into(),
+            value: "YES".into(),
+        },
+    );
+    w.emit(
+        Some("user"),
+        Some("joined to entra"),
+        0.5,
+        EventKind::StepFinished {
+            status: StepStatus::Passed,
+            attempts: 1,
+            attempts_allowed: 1,
+            elapsed: Duration::from_secs(3),
+            timed_out_attempts: 0,
+            stopped_by: None,
+            captures: BTreeMap::new(),
+        },
+    );
     w.phase_end("user", PhaseStatus::Passed, 900.0);
-    w.emit(None, None, 0.1, EventKind::CaseFinished { verdict: CaseVerdict::Passed, tolerated_failures: 0 });
+    w.emit(
+        None,
+        None,
+        0.1,
+        EventKind::CaseFinished {
+            verdict: CaseVerdict::Passed,
+            tolerated_failures: 0,
+        },
+    );
 
     // pc02: the technician flow ends on the red screen with 0x80180014.
     let mut w = CaseWriter {
@@ -408,35 +607,88 @@ fn build_run() -> Run {
         case: "preprovision[join=entra]".into(),
         t: 0.0,
     };
-    w.emit(None, None, 0.0, EventKind::CaseStarted {
-        scenario: "preprovision".into(), matrix: [("join".to_string(), "entra".to_string())].into(),
-        phases: vec!["technician".into(), "user".into()] });
+    w.emit(
+        None,
+        None,
+        0.0,
+        EventKind::CaseStarted {
+            scenario: "preprovision".into(),
+            matrix: [("join".to_string(), "entra".to_string())].into(),
+            phases: vec!["technician".into(), "user".into()],
+        },
+    );
     w.phase_start("technician", None);
-    w.step("technician", "power on", "power on", 2.0, StepStatus::Passed, &[]);
+    w.step(
+        "technician",
+        "power on",
+        "power on",
+        2.0,
+        StepStatus::Passed,
+        &[],
+    );
     let s = Some("wait for the success screen");
-    w.emit(Some("technician"), s, 1.0, EventKind::StepStarted {
-        attempt: 1, attempts_allowed: 1, what: "wait on the screen for success | failure".into(),
-        origin: "scenarios/preprovision.yaml:31:7".into(), block: Some("provision".into()) });
+    w.emit(
+        Some("technician"),
+        s,
+        1.0,
+        EventKind::StepStarted {
+            attempt: 1,
+            attempts_allowed: 1,
+            what: "wait on the screen for success | failure".into(),
+            origin: "scenarios/preprovision.yaml:31:7".into(),
+            block: Some("provision".into()),
+        },
+    );
     let captures: BTreeMap<String, String> = [
         ("code".to_string(), "0x80180014".to_string()),
         ("elapsed".to_string(), "00:12:03".to_string()),
-    ].into();
-    w.emit(Some("technician"), s, 2.0, EventKind::PatternMatched {
-        source: Source::Screen, outcome: "failure".into(), passed: false,
-        text: "Something went wrong. Error: 0x80180014 Elapsed 00:12:03".into(), captures: captures.clone() });
-    w.emit(Some("technician"), s, 0.5, EventKind::StepFinished {
-        status: StepStatus::Failed {
-            class: FailureClass::Product, code: Some("0x80180014".into()),
-            message: "the failure screen showed 0x80180014".into(),
-            hint: Some("see the screenshot and the diagnostics".into()) },
-        attempts: 1, attempts_allowed: 1, elapsed: Duration::from_secs(3), timed_out_attempts: 0,
-        stopped_by: None, captures });
-    let arts = dir.artifacts_dir(&w.case_id).unwrap().join("technician").join("collect");
+    ]
+    .into();
+    w.emit(
+        Some("technician"),
+        s,
+        2.0,
+        EventKind::PatternMatched {
+            source: Source::Screen,
+            outcome: "failure".into(),
+            passed: false,
+            text: "Something went wrong. Error: 0x80180014 Elapsed 00:12:03".into(),
+            captures: captures.clone(),
+        },
+    );
+    w.emit(
+        Some("technician"),
+        s,
+        0.5,
+        EventKind::StepFinished {
+            status: StepStatus::Failed {
+                class: FailureClass::Product,
+                code: Some("0x80180014".into()),
+                message: "the failure screen showed 0x80180014".into(),
+                hint: Some("see the screenshot and the diagnostics".into()),
+            },
+            attempts: 1,
+            attempts_allowed: 1,
+            elapsed: Duration::from_secs(3),
+            timed_out_attempts: 0,
+            stopped_by: None,
+            captures,
+        },
+    );
+    let arts = dir
+        .artifacts_dir(&w.case_id)
+        .unwrap()
+        .join("technician")
+        .join("collect");
     std::fs::create_dir_all(&arts).unwrap();
     let shot = arts.join("screen.png");
     std::fs::write(&shot, png_bytes()).unwrap();
     let dsreg = arts.join("dsregcmd.txt");
-    std::fs::write(&dsreg, format!("AzureAdJoined : NO\nDomainJoined : NO\nlast typed: {USER_PASSWORD}\n")).unwrap();
+    std::fs::write(
+        &dsreg,
+        format!("AzureAdJoined : NO\nDomainJoined : NO\nlast typed: {USER_PASSWORD}\n"),
+    )
+    .unwrap();
     let diag = arts.join("mdm-diagnostics.zip");
     {
         let mut z = zip::ZipWriter::new(std::fs::File::create(&diag).unwrap());
@@ -447,16 +699,46 @@ fn build_run() -> Run {
         z.write_all(&[0u8, 1, 2, 3]).unwrap();
         z.finish().unwrap();
     }
-    for (kind, path) in [("screenshot", &shot), ("dsregcmd", &dsreg), ("mdm-diagnostics", &diag)] {
-        w.emit(Some("technician"), Some("collect diagnostics"), 1.0, EventKind::ArtifactSaved {
-            kind: kind.into(), path: path.clone(), bytes: std::fs::metadata(path).unwrap().len(), truncated: false });
+    for (kind, path) in [
+        ("screenshot", &shot),
+        ("dsregcmd", &dsreg),
+        ("mdm-diagnostics", &diag),
+    ] {
+        w.emit(
+            Some("technician"),
+            Some("collect diagnostics"),
+            1.0,
+            EventKind::ArtifactSaved {
+                kind: kind.into(),
+                path: path.clone(),
+                bytes: std::fs::metadata(path).unwrap().len(),
+                truncated: false,
+            },
+        );
     }
-    w.phase_end("technician", PhaseStatus::Failed { step: "wait for the success screen".into(), class: FailureClass::Product }, 9.0);
-    w.emit(None, None, 0.1, EventKind::CaseFinished {
-        verdict: CaseVerdict::Failed { class: FailureClass::Product, phase: "technician".into(),
-            step: "wait for the success screen".into(), code: Some("0x80180014".into()),
-            message: "the failure screen showed 0x80180014".into() },
-        tolerated_failures: 0 });
+    w.phase_end(
+        "technician",
+        PhaseStatus::Failed {
+            step: "wait for the success screen".into(),
+            class: FailureClass::Product,
+        },
+        9.0,
+    );
+    w.emit(
+        None,
+        None,
+        0.1,
+        EventKind::CaseFinished {
+            verdict: CaseVerdict::Failed {
+                class: FailureClass::Product,
+                phase: "technician".into(),
+                step: "wait for the success screen".into(),
+                code: Some("0x80180014".into()),
+                message: "the failure screen showed 0x80180014".into(),
+            },
+            tolerated_failures: 0,
+        },
+    );
     // The console backend writes its log where the run directory says; it is not
     // scrubbed on the way in (a raw log), so write_reports must scrub it.
     std::fs::write(dir.console_log(&w.case_id).unwrap(), nasty_console()).unwrap();
@@ -469,22 +751,64 @@ fn build_run() -> Run {
         case: "preprovision[join=entra]".into(),
         t: 0.0,
     };
-    w.emit(None, None, 0.0, EventKind::CaseStarted {
-        scenario: "preprovision".into(), matrix: [("join".to_string(), "entra".to_string())].into(),
-        phases: vec!["technician".into(), "user".into()] });
+    w.emit(
+        None,
+        None,
+        0.0,
+        EventKind::CaseStarted {
+            scenario: "preprovision".into(),
+            matrix: [("join".to_string(), "entra".to_string())].into(),
+            phases: vec!["technician".into(), "user".into()],
+        },
+    );
     w.phase_start("technician", None);
-    w.step("technician", "wait for the success screen", "wait on the screen for success | failure", 2400.0, StepStatus::Passed, &[("elapsed", "00:40:00")]);
+    w.step(
+        "technician",
+        "wait for the success screen",
+        "wait on the screen for success | failure",
+        2400.0,
+        StepStatus::Passed,
+        &[("elapsed", "00:40:00")],
+    );
     w.phase_end("technician", PhaseStatus::Passed, 2402.0);
     w.t += 1800.0;
     w.phase_start("user", Some(1800.0));
-    w.step("user", "sign in accepted", "wait on the screen for desktop | sign-in error", 60.0, StepStatus::Failed {
-        class: FailureClass::Product, code: None,
-        message: "the screen showed sign-in error: token could not be validated".into(), hint: None }, &[]);
-    w.phase_end("user", PhaseStatus::Failed { step: "sign in accepted".into(), class: FailureClass::Product }, 62.0);
-    w.emit(None, None, 0.1, EventKind::CaseFinished {
-        verdict: CaseVerdict::Failed { class: FailureClass::Product, phase: "user".into(),
-            step: "sign in accepted".into(), code: None, message: "sign-in failed".into() },
-        tolerated_failures: 0 });
+    w.step(
+        "user",
+        "sign in accepted",
+        "wait on the screen for desktop | sign-in error",
+        60.0,
+        StepStatus::Failed {
+            class: FailureClass::Product,
+            code: None,
+            message: "the screen showed sign-in error: token could not be validated".into(),
+            hint: None,
+        },
+        &[],
+    );
+    w.phase_end(
+        "user",
+        PhaseStatus::Failed {
+            step: "sign in accepted".into(),
+            class: FailureClass::Product,
+        },
+        62.0,
+    );
+    w.emit(
+        None,
+        None,
+        0.1,
+        EventKind::CaseFinished {
+            verdict: CaseVerdict::Failed {
+                class: FailureClass::Product,
+                phase: "user".into(),
+                step: "sign in accepted".into(),
+                code: None,
+                message: "sign-in failed".into(),
+            },
+            tolerated_failures: 0,
+        },
+    );
 
     // health@pc04: events lost (the runner died); only the ledger knows it passed.
     let devices = vec![
@@ -643,7 +967,10 @@ fn junit_xml_reads_back_in_junitparser() {
         .collect();
     assert!(names.contains(&"technician / tpm facts"), "{names:?}");
     assert!(names.contains(&"user / joined to entra"), "{names:?}");
-    assert!(!names.contains(&"user / sign in"), "typing is not a check: {names:?}");
+    assert!(
+        !names.contains(&"user / sign in"),
+        "typing is not a check: {names:?}"
+    );
 
     // pc03: the known cause is the too-short gap.
     let pc03 = suite("preprovision[join=entra]@pc03");
@@ -662,9 +989,10 @@ fn junit_xml_reads_back_in_junitparser() {
     // The raw XML carries no control characters or noncharacters at all.
     let xml = std::fs::read_to_string(&written.junit).unwrap();
     assert!(
-        !xml.chars().any(|c| (c.is_control() && !"\n\r\t".contains(c))
-            || c == '\u{FFFE}'
-            || c == '\u{FFFF}'),
+        !xml.chars()
+            .any(|c| (c.is_control() && !"\n\r\t".contains(c))
+                || c == '\u{FFFE}'
+                || c == '\u{FFFF}'),
         "junit.xml carries characters XML forbids"
     );
 }
@@ -711,7 +1039,10 @@ fn report_html_opens_in_headless_chromium_failures_first() {
         String::from_utf8_lossy(&out.stderr)
     );
     let png = std::fs::read(&shot).unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "screenshot looks empty");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot looks empty"
+    );
 
     let out = base(&["--dump-dom"]).output().unwrap();
     assert!(out.status.success(), "chromium --dump-dom failed");
@@ -738,15 +1069,27 @@ fn report_html_opens_in_headless_chromium_failures_first() {
         "data:image/png;base64,",
         "User flow started less than 90 minutes after the technician flow",
     ] {
-        assert!(failures.contains(needle), "{needle:?} not in the failures section");
+        assert!(
+            failures.contains(needle),
+            "{needle:?} not in the failures section"
+        );
     }
-    assert!(!failures.contains("preprovision[join=entra]@pc01"), "a passed case among failures");
+    assert!(
+        !failures.contains("preprovision[join=entra]@pc01"),
+        "a passed case among failures"
+    );
     let timeline = &dom[pos("id=\"timeline\"")..pos("id=\"history\"")];
-    assert!(timeline.contains("gap 1h 30m, at least 1h 30m demanded"), "{timeline}");
+    assert!(
+        timeline.contains("gap 1h 30m, at least 1h 30m demanded"),
+        "{timeline}"
+    );
     assert!(timeline.contains("gap 30m 0s, at least 30m 0s demanded"));
     let history = &dom[pos("id=\"history\"")..pos("id=\"cases\"")];
     for needle in ["run-2, run-1", "passed on retry", "alternating across runs"] {
-        assert!(history.contains(needle), "{needle:?} not in the history section");
+        assert!(
+            history.contains(needle),
+            "{needle:?} not in the history section"
+        );
     }
 }
 
@@ -762,7 +1105,10 @@ fn every_failure_is_diagnosed_and_the_summary_says_so() {
     let pc02 = &cases[0];
     assert_eq!(pc02["case_id"], "preprovision[join=entra]@pc02");
     let f = &pc02["failures"][0];
-    assert_eq!(f["diagnosis"]["signature"], "enrollment-blocked-reused-device");
+    assert_eq!(
+        f["diagnosis"]["signature"],
+        "enrollment-blocked-reused-device"
+    );
     assert_eq!(f["diagnosis"]["matched_on"], "code 0x80180014");
     assert_eq!(f["fatal"], true);
     let pc03 = &cases[1];
@@ -778,37 +1124,51 @@ fn every_failure_is_diagnosed_and_the_summary_says_so() {
         .unwrap();
     let retry = &pc01["phases"][0]["steps"][3]["retries"][0];
     assert_eq!(retry["class"], "timeout");
-    assert!(retry["diagnosis"]["cause"].as_str().unwrap().starts_with("no known signature matches"));
+    assert!(
+        retry["diagnosis"]["cause"]
+            .as_str()
+            .unwrap()
+            .starts_with("no known signature matches")
+    );
 
     // Evidence for the OEM: TPM facts as seen, elapsed time, diagnostics, an archive.
-    let ev: Value = serde_json::from_slice(
-        &std::fs::read(run.dir.evidence_dir().join("pc01.json")).unwrap(),
-    )
-    .unwrap();
+    let ev: Value =
+        serde_json::from_slice(&std::fs::read(run.dir.evidence_dir().join("pc01.json")).unwrap())
+            .unwrap();
     assert_eq!(ev["device"]["tpm_manufacturer"], "IFX");
     assert_eq!(ev["device"]["tpm_seen"], true);
-    assert_eq!(ev["device"]["tpm_ek_issuer"], "CN=Infineon OPTIGA(TM) TPM 2.0 RSA CA 042");
+    assert_eq!(
+        ev["device"]["tpm_ek_issuer"],
+        "CN=Infineon OPTIGA(TM) TPM 2.0 RSA CA 042"
+    );
     assert_eq!(ev["cases"][0]["technician_elapsed"], "00:41:12");
-    let ev2: Value = serde_json::from_slice(
-        &std::fs::read(run.dir.evidence_dir().join("pc02.json")).unwrap(),
-    )
-    .unwrap();
+    let ev2: Value =
+        serde_json::from_slice(&std::fs::read(run.dir.evidence_dir().join("pc02.json")).unwrap())
+            .unwrap();
     let diags: Vec<&str> = ev2["cases"][0]["diagnostics"]
         .as_array()
         .unwrap()
         .iter()
         .map(|d| d.as_str().unwrap())
         .collect();
-    assert!(diags.iter().any(|d| d.ends_with("mdm-diagnostics.zip")), "{diags:?}");
-    let mut zip = zip::ZipArchive::new(
-        std::fs::File::open(run.dir.evidence_dir().join("pc02.zip")).unwrap(),
-    )
-    .unwrap();
+    assert!(
+        diags.iter().any(|d| d.ends_with("mdm-diagnostics.zip")),
+        "{diags:?}"
+    );
+    let mut zip =
+        zip::ZipArchive::new(std::fs::File::open(run.dir.evidence_dir().join("pc02.zip")).unwrap())
+            .unwrap();
     let names: Vec<String> = (0..zip.len())
         .map(|i| zip.by_index(i).unwrap().name().to_string())
         .collect();
-    assert!(names.iter().any(|n| n.ends_with("console.log")), "{names:?}");
-    assert!(names.iter().any(|n| n.ends_with("dsregcmd.txt")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.ends_with("console.log")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.ends_with("dsregcmd.txt")),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -816,18 +1176,23 @@ fn evidence_archives_respect_their_caps() {
     let mut run = build_run();
     run.input.evidence.file_max_bytes = 200;
     write_reports(&run.dir, &run.input).unwrap();
-    let ev: Value = serde_json::from_slice(
-        &std::fs::read(run.dir.evidence_dir().join("pc02.json")).unwrap(),
-    )
-    .unwrap();
+    let ev: Value =
+        serde_json::from_slice(&std::fs::read(run.dir.evidence_dir().join("pc02.json")).unwrap())
+            .unwrap();
     let omitted = ev["omitted"].as_array().unwrap();
     assert!(
-        omitted.iter().any(|o| o["path"].as_str().unwrap().ends_with("console.log")
-            && o["reason"].as_str().unwrap().contains("per-file cap")),
+        omitted
+            .iter()
+            .any(|o| o["path"].as_str().unwrap().ends_with("console.log")
+                && o["reason"].as_str().unwrap().contains("per-file cap")),
         "{omitted:?}"
     );
     let archived = ev["archived"].as_array().unwrap();
-    assert!(archived.iter().all(|a| !a.as_str().unwrap().ends_with("console.log")));
+    assert!(
+        archived
+            .iter()
+            .all(|a| !a.as_str().unwrap().ends_with("console.log"))
+    );
 }
 
 /// Every file in the run directory, and every entry of every archive in it.
@@ -862,13 +1227,24 @@ fn no_secret_reaches_any_file_of_the_run_directory() {
     let run = build_run();
     write_reports(&run.dir, &run.input).unwrap();
     let files = all_contents(run.dir.root());
-    assert!(files.len() >= 15, "expected a full run directory, got {}", files.len());
+    assert!(
+        files.len() >= 15,
+        "expected a full run directory, got {}",
+        files.len()
+    );
     for secret in SECRETS {
         let spellings = [
             secret.to_string(),
-            serde_json::to_string(secret).unwrap().trim_matches('"').to_string(),
+            serde_json::to_string(secret)
+                .unwrap()
+                .trim_matches('"')
+                .to_string(),
             tera::escape_html(secret),
-            secret.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;"),
+            secret
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;"),
         ];
         for (name, bytes) in &files {
             for s in &spellings {
@@ -880,7 +1256,12 @@ fn no_secret_reaches_any_file_of_the_run_directory() {
         }
     }
     // The scrubbed places say so, so an engineer knows something was there.
-    let console = std::fs::read(run.dir.case_path("preprovision[join=entra]@pc02").join("console.log")).unwrap();
+    let console = std::fs::read(
+        run.dir
+            .case_path("preprovision[join=entra]@pc02")
+            .join("console.log"),
+    )
+    .unwrap();
     assert!(String::from_utf8_lossy(&console).contains("typed password: [redacted]"));
 }
 
@@ -888,8 +1269,12 @@ fn no_secret_reaches_any_file_of_the_run_directory() {
 fn unreadable_event_lines_are_reported_not_fatal() {
     let run = build_run();
     let path = run.dir.events_path("preprovision[join=entra]@pc01");
-    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-    f.write_all(b"{\"truncated\": \n\xff\xfe not json\n").unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(b"{\"truncated\": \n\xff\xfe not json\n")
+        .unwrap();
     let written = write_reports(&run.dir, &run.input).unwrap();
     assert!(
         written

@@ -136,7 +136,11 @@ async fn one(ctx: &StepCtx<'_, '_>, dir: &Path, item: Diagnostic) -> Result<Vec<
                 ));
             }
             let local = dir.join("mdmdiagnostics.zip");
-            let bytes = text(shell.fetch(MDM_ZIP, &local, limits.file_max_bytes, wall).await)?;
+            let bytes = text(
+                shell
+                    .fetch(MDM_ZIP, &local, limits.file_max_bytes, wall)
+                    .await,
+            )?;
             Ok(vec![Saved {
                 path: local,
                 bytes,
@@ -144,12 +148,20 @@ async fn one(ctx: &StepCtx<'_, '_>, dir: &Path, item: Diagnostic) -> Result<Vec<
             }])
         }
         Diagnostic::Dsregcmd => {
-            let out = text(shell()?.run("dsregcmd", &["/status".to_string()], wall).await)?;
-            Ok(vec![save_output(dir, "dsregcmd.txt", &out, limits.text_max_bytes).await?])
+            let out = text(
+                shell()?
+                    .run("dsregcmd", &["/status".to_string()], wall)
+                    .await,
+            )?;
+            Ok(vec![
+                save_output(dir, "dsregcmd.txt", &out, limits.text_max_bytes).await?,
+            ])
         }
         Diagnostic::GetTpm => {
             let out = text(shell()?.run("Get-Tpm", &[], wall).await)?;
-            Ok(vec![save_output(dir, "get-tpm.txt", &out, limits.text_max_bytes).await?])
+            Ok(vec![
+                save_output(dir, "get-tpm.txt", &out, limits.text_max_bytes).await?,
+            ])
         }
         Diagnostic::EventLogs => {
             let shell = shell()?;

@@ -58,7 +58,12 @@ async fn on_console(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> At
         Ok(m) => m,
         Err(err) if err.class == FailureClass::Timeout => {
             let tail = String::from_utf8_lossy(&console.tail(400)).into_owned();
-            return Err(none_appeared(e, "console", &format!("last console output: {tail:?}"), err));
+            return Err(none_appeared(
+                e,
+                "console",
+                &format!("last console output: {tail:?}"),
+                err,
+            ));
         }
         Err(err) => return Err(err.into()),
     };
@@ -72,7 +77,13 @@ async fn on_console(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> At
             ),
         ));
     };
-    decide(ctx, e.source, outcome, found.text, found.captures.into_iter().collect())
+    decide(
+        ctx,
+        e.source,
+        outcome,
+        found.text,
+        found.captures.into_iter().collect(),
+    )
 }
 
 /// Reads the screen every `screen_poll` until an outcome's pattern matches or the
@@ -105,7 +116,10 @@ async fn on_screen(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> Att
                         let captures = pattern
                             .capture_names()
                             .flatten()
-                            .filter_map(|n| caps.name(n).map(|m| (n.to_string(), m.as_str().to_string())))
+                            .filter_map(|n| {
+                                caps.name(n)
+                                    .map(|m| (n.to_string(), m.as_str().to_string()))
+                            })
                             .collect();
                         let matched = caps.get(0).map(|m| m.as_str()).unwrap_or_default();
                         return decide(ctx, e.source, outcome, matched.to_string(), captures);

@@ -65,7 +65,9 @@ mod tests {
 
     #[test]
     fn screen_fields_case_insensitive() {
-        let f = parse("Windows Autopilot Configuration\nProfile: Contoso Entra\nORGANIZATION: Contoso Lab\nUser:\n");
+        let f = parse(
+            "Windows Autopilot Configuration\nProfile: Contoso Entra\nORGANIZATION: Contoso Lab\nUser:\n",
+        );
         assert_eq!(get(&f, "profile"), Some("Contoso Entra"));
         assert_eq!(get(&f, "Organization"), Some("Contoso Lab"));
         assert_eq!(get(&f, "user"), Some(""));

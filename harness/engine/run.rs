@@ -257,8 +257,7 @@ async fn run_phase_checked(run: &CaseRun<'_>, state: &mut CaseState, phase: &Pha
             Some(reason)
         } else if let Some((name, _)) = &failed {
             // After a failure only diagnostics run: they are what explains it.
-            (!matches!(step.action, Action::Collect(_)))
-                .then(|| format!("step `{name}` failed"))
+            (!matches!(step.action, Action::Collect(_))).then(|| format!("step `{name}` failed"))
         } else {
             None
         };
@@ -317,10 +316,7 @@ async fn run_phase_checked(run: &CaseRun<'_>, state: &mut CaseState, phase: &Pha
 }
 
 /// Why a step with a `when` filter does not run for this case, if it does not.
-fn not_for_case(
-    when: &std::collections::BTreeMap<String, String>,
-    case: &Case,
-) -> Option<String> {
+fn not_for_case(when: &std::collections::BTreeMap<String, String>, case: &Case) -> Option<String> {
     let mismatch: Vec<String> = when
         .iter()
         .filter(|(axis, value)| case.get(*axis) != Some(*value))

@@ -88,8 +88,7 @@ pub(crate) struct StepCtx<'r, 'a> {
 
 impl StepCtx<'_, '_> {
     pub fn emit(&self, kind: EventKind) {
-        self.run
-            .emit(Some(self.phase), Some(&self.step.name), kind);
+        self.run.emit(Some(self.phase), Some(&self.step.name), kind);
     }
 
     /// Lab time left in this attempt.
@@ -241,7 +240,9 @@ pub(crate) fn describe(action: &Action) -> String {
         Action::Wait(Wait::Fixed(d)) => {
             format!("wait {}", crate::model::duration::format_duration(*d))
         }
-        Action::Wait(Wait::Until { check, deadline, .. }) => format!(
+        Action::Wait(Wait::Until {
+            check, deadline, ..
+        }) => format!(
             "wait up to {} until: {}",
             crate::model::duration::format_duration(*deadline),
             describe(check)

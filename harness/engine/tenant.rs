@@ -78,7 +78,9 @@ pub(crate) async fn run(ctx: &StepCtx<'_, '_>, state: &mut CaseState, op: &Tenan
                         format_duration(*deadline)
                     ),
                 )
-                .with_hint("check the Autopilot profile's group assignment and the device's group tag")),
+                .with_hint(
+                    "check the Autopilot profile's group assignment and the device's group tag",
+                )),
             }
         }
         TenantOp::Compliance { expect, deadline } => {

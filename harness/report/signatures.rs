@@ -173,11 +173,15 @@ impl SignatureBook {
         SignatureBook::parse(&text, &path.display().to_string())
     }
 
-    /// The override file if given, else the built-in list.
+    /// The override file if given, else the file `APLAB_SIGNATURES` names, else the
+    /// built-in list.
     pub fn load_or_builtin(path: Option<&Path>) -> Result<SignatureBook, ReportError> {
         match path {
             Some(p) => SignatureBook::load(p),
-            None => Ok(SignatureBook::builtin()),
+            None => match std::env::var_os("APLAB_SIGNATURES") {
+                Some(p) if !p.is_empty() => SignatureBook::load(Path::new(&p)),
+                _ => Ok(SignatureBook::builtin()),
+            },
         }
     }
 
