@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod history;
+
 /// Exit codes, as DESIGN.md fixes them.
 pub mod exit {
     pub const PASSED: u8 = 0;
@@ -30,7 +32,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Compare a run with earlier runs: new failures, fixed, flaky, pass rate per model.
+    History(history::HistoryArgs),
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,7 +45,9 @@ pub fn main() -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::from(exit::BAD_INPUT);
     };
-    match command {}
+    match command {
+        Command::History(args) => history::run(args),
+    }
 }
 
 fn init_tracing(verbose: u8) {

@@ -1045,10 +1045,10 @@ fn diagnostics_text(artifacts: &[ArtifactRef], warnings: &mut Vec<String>) -> St
                 }
                 Err(e) => warnings.push(format!("cannot read {name}: {e}")),
             }
-        } else if name.to_ascii_lowercase().ends_with(".zip") {
-            if let Err(e) = zip_text(&a.abs_path, &mut out) {
-                warnings.push(format!("cannot read the archive {name}: {e}"));
-            }
+        } else if name.to_ascii_lowercase().ends_with(".zip")
+            && let Err(e) = zip_text(&a.abs_path, &mut out)
+        {
+            warnings.push(format!("cannot read the archive {name}: {e}"));
         }
     }
     out
