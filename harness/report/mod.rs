@@ -1,6 +1,8 @@
-//! Reports that CI servers and engineers both read, made from the run directory and the
-//! ledger after (or while) a run goes: reporters never call a device.
+//! Reporters: subscribers to the engine's and the fleet's event streams (terminal
+//! progress, JUnit, HTML, JSON), and reports that CI servers and engineers both read,
+//! made from the run directory and the ledger. A reporter never calls a device.
 //!
+//! - [`progress`]: the live terminal view of a run.
 //! - [`rundir`]: the run directory layout and the API the fleet writes through.
 //! - [`summary`]: the run as one data model (`summary.json`), built from the ledger's
 //!   records, the per-case events, console logs and inventory facts. JUnit and HTML are
@@ -15,6 +17,7 @@ pub mod evidence;
 pub mod history;
 pub mod html;
 pub mod junit;
+pub mod progress;
 pub mod redact;
 pub mod rundir;
 pub mod signatures;
