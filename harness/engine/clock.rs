@@ -119,3 +119,51 @@ impl Clock for ScaledClock {
         lab.div_f64(self.scale)
     }
 }
+
+/// The shortest wall time between two reads of a device while polling. At scale 600 a
+/// 5-second lab poll would hit a KVM's OCR every 8 ms; this keeps it reasonable.
+pub const MIN_POLL_WALL: Duration = Duration::from_millis(100);
+
+/// A poll interval of `lab`, stretched so it lasts at least [`MIN_POLL_WALL`] of wall time.
+pub fn poll_interval(clock: &dyn Clock, lab: Duration) -> Duration {
+    if clock.wall(lab) >= MIN_POLL_WALL {
+        return lab;
+    }
+    // Measured over a long span so nanosecond rounding does not show; whole milliseconds.
+    const SPAN: f64 = 1_000_000.0;
+    let wall_per_span = clock.wall(Duration::from_secs_f64(SPAN)).as_secs_f64();
+    if wall_per_span <= 0.0 {
+        return lab;
+    }
+    let millis = (MIN_POLL_WALL.as_secs_f64() * SPAN / wall_per_span * 1000.0).round();
+    if millis.is_finite() && millis < u64::MAX as f64 {
+        Duration::from_millis(millis as u64)
+    } else {
+        lab
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_are_stretched_to_the_wall_floor_only_when_needed() {
+        let wall = WallClock::new();
+        assert_eq!(
+            poll_interval(&wall, Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(poll_interval(&wall, Duration::ZERO), MIN_POLL_WALL);
+        let scaled = ScaledClock::new(600.0);
+        // 5 lab seconds are 8.3 ms of wall time: stretched to 100 ms = 60 lab seconds.
+        assert_eq!(
+            poll_interval(&scaled, Duration::from_secs(5)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            poll_interval(&scaled, Duration::from_secs(600)),
+            Duration::from_secs(600)
+        );
+    }
+}

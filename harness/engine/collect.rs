@@ -75,7 +75,7 @@ pub(crate) async fn collect(ctx: &StepCtx<'_, '_>, items: &[Diagnostic]) -> Atte
     Ok(Done::passed())
 }
 
-fn kind(d: Diagnostic) -> &'static str {
+pub(crate) fn kind(d: Diagnostic) -> &'static str {
     match d {
         Diagnostic::MdmDiagnostics => "mdm-diagnostics",
         Diagnostic::Dsregcmd => "dsregcmd",

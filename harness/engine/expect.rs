@@ -10,6 +10,7 @@ use crate::device::DeviceError;
 use crate::model::inventory::Capability;
 use crate::model::scenario::{Expect, FailureClass, Outcome, Pattern, Source, Verdict};
 
+use super::clock::poll_interval;
 use super::events::EventKind;
 use super::step::{Attempt, Done, Failure, StepCtx};
 
@@ -99,6 +100,7 @@ async fn on_screen(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> Att
     let clock = &ctx.run.clock;
     let mut last_title: Option<String> = None;
     let mut last_error: Option<DeviceError>;
+    let poll = poll_interval(clock.as_ref(), ctx.run.options.screen_poll);
     loop {
         match screen.text().await {
             Ok(text) => {
@@ -132,9 +134,7 @@ async fn on_screen(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> Att
         if now >= ctx.deadline {
             break;
         }
-        clock
-            .sleep_until((now + ctx.run.options.screen_poll).min(ctx.deadline))
-            .await;
+        clock.sleep_until((now + poll).min(ctx.deadline)).await;
     }
     match last_error {
         // The screen could not be read at all at the end: that is the KVM, not the device.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::scenario::FailureClass;
+
 use super::events::{CaseVerdict, PhaseStatus, StepStatus, StopReason};
 
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +31,26 @@ pub struct PhaseResult {
     pub status: PhaseStatus,
     pub steps: Vec<StepResult>,
     pub elapsed: Duration,
+}
+
+impl PhaseResult {
+    /// The failure that stopped the phase: its class and a message naming the step.
+    /// `None` when the phase passed (tolerated failures do not count) or was interrupted.
+    pub fn failure(&self) -> Option<(FailureClass, String)> {
+        let step = match &self.status {
+            PhaseStatus::Failed { step, .. } | PhaseStatus::Kept { step, .. } => step,
+            PhaseStatus::Passed | PhaseStatus::Interrupted => return None,
+        };
+        self.steps
+            .iter()
+            .find(|s| &s.name == step)
+            .and_then(|s| match &s.status {
+                StepStatus::Failed { class, message, .. } => {
+                    Some((*class, format!("step `{}`: {message}", s.name)))
+                }
+                _ => None,
+            })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

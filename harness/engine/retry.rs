@@ -5,7 +5,10 @@
 //! says how many attempts were made of how many, and what stopped them.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use crate::model::duration::format_duration;
 use crate::model::scenario::{Action, Expect, FailureClass, Source, Step};
@@ -74,7 +77,9 @@ pub(crate) async fn run_step(
         let outcome = tokio::select! {
             biased;
             _ = run.cancel.cancelled() => None,
-            result = step::attempt(&ctx, state, &step.action) => Some(result),
+            result = AssertUnwindSafe(step::attempt(&ctx, state, &step.action)).catch_unwind() => {
+                Some(result.unwrap_or_else(|panic| Err(bug(panic))))
+            }
             _ = clock.sleep_until(deadline) => Some(Err(deadline_failure(&ctx, now, phase_cuts))),
         };
         let failure = match outcome {
@@ -219,4 +224,19 @@ fn deadline_failure(ctx: &StepCtx<'_, '_>, started: LabTime, phase_cuts: bool) -
         code: None,
         captures: BTreeMap::new(),
     }
+}
+
+/// A panic in a step (ours or a backend's) is aplab's bug: the case fails with class
+/// `harness` instead of taking the whole fleet down.
+fn bug(panic: Box<dyn std::any::Any + Send>) -> Failure {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    Failure::new(
+        FailureClass::Harness,
+        format!("aplab hit a bug while running this step: {what}"),
+    )
+    .with_hint("this is not the device's fault; please report it with the run directory")
 }

@@ -271,22 +271,20 @@ async fn run_phase_checked(run: &CaseRun<'_>, state: &mut CaseState, phase: &Pha
         let result = retry::run_step(run, state, &phase.name, step, step_deadline).await;
         match &result.status {
             StepStatus::Interrupted => status = Some(PhaseStatus::Interrupted),
-            StepStatus::Failed { class, .. } if !step.continue_on_failure => {
-                if failed.is_none() {
-                    failed = Some((step.name.clone(), *class));
-                    if run.options.keep_on_failure {
-                        run.emit(
-                            Some(&phase.name),
-                            Some(&step.name),
-                            EventKind::KeptOnFailure {
-                                how_to_attach: attach::routes(run.device),
-                            },
-                        );
-                        status = Some(PhaseStatus::Kept {
-                            step: step.name.clone(),
-                            class: *class,
-                        });
-                    }
+            StepStatus::Failed { class, .. } if !step.continue_on_failure && failed.is_none() => {
+                failed = Some((step.name.clone(), *class));
+                if run.options.keep_on_failure {
+                    run.emit(
+                        Some(&phase.name),
+                        Some(&step.name),
+                        EventKind::KeptOnFailure {
+                            how_to_attach: attach::routes(run.device),
+                        },
+                    );
+                    status = Some(PhaseStatus::Kept {
+                        step: step.name.clone(),
+                        class: *class,
+                    });
                 }
             }
             _ => {}

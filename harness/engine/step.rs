@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::device::{DeviceError, ReadBack};
 use crate::model::inventory::Capability;
 use crate::model::scenario::{
-    Action, FailureClass, PowerAction, PowerState, Step, Template, TenantOp, Wait,
+    Action, FailureClass, PowerAction, PowerState, ResetMethod, Step, Template, TenantOp, TpmCheck,
+    Wait,
 };
 
 use super::events::EventKind;
@@ -230,13 +231,18 @@ pub(crate) fn describe(action: &Action) -> String {
         }
         Action::ScreenCheck(_) => "check the screen's fields".to_string(),
         Action::Shell(s) => {
-            let args: Vec<&str> = s.args.iter().map(|a| a.0.as_str()).collect();
-            format!("run `{} {}`", s.program, args.join(" "))
-                .trim_end_matches(" `")
-                .to_string()
+            let mut line = s.program.clone();
+            for a in &s.args {
+                line.push(' ');
+                line.push_str(&a.0);
+            }
+            format!("run `{line}`")
         }
-        Action::Tpm(checks) => format!("check the TPM ({checks:?})"),
-        Action::Tenant(op) => format!("tenant: {op:?}"),
+        Action::Tpm(checks) => {
+            let names: Vec<&str> = checks.iter().map(tpm_word).collect();
+            format!("check the TPM: {}", names.join(", "))
+        }
+        Action::Tenant(op) => format!("tenant: {}", tenant_words(op)),
         Action::Wait(Wait::Fixed(d)) => {
             format!("wait {}", crate::model::duration::format_duration(*d))
         }
@@ -247,7 +253,45 @@ pub(crate) fn describe(action: &Action) -> String {
             crate::model::duration::format_duration(*deadline),
             describe(check)
         ),
-        Action::Collect(items) => format!("collect {items:?}"),
+        Action::Collect(items) => {
+            let names: Vec<&str> = items.iter().map(|d| collect::kind(*d)).collect();
+            format!("collect {}", names.join(", "))
+        }
+    }
+}
+
+fn tpm_word(check: &TpmCheck) -> &'static str {
+    match check {
+        TpmCheck::Family => "family",
+        TpmCheck::Manufacturer => "manufacturer",
+        TpmCheck::Firmware => "firmware",
+        TpmCheck::EkCertificate => "EK certificate",
+        TpmCheck::Attestation => "attestation",
+    }
+}
+
+fn tenant_words(op: &TenantOp) -> String {
+    match op {
+        TenantOp::ResetRecord { method } => match method {
+            ResetMethod::Delete => "delete the Intune record".into(),
+            ResetMethod::AllowNextEnrollment => "allow the next enrollment".into(),
+        },
+        TenantOp::WaitProfileAssigned { deadline } => format!(
+            "wait up to {} for the profile assignment",
+            crate::model::duration::format_duration(*deadline)
+        ),
+        TenantOp::SetGroupTag { tag } => format!("set group tag `{}`", tag.0),
+        TenantOp::AssignUser { user } => format!("assign user `{}`", user.0),
+        TenantOp::UnassignUser => "unassign the user".into(),
+        TenantOp::Compliance { expect, deadline } => format!(
+            "wait up to {} for compliance {}",
+            crate::model::duration::format_duration(*deadline),
+            expect.join(" | ")
+        ),
+        TenantOp::MatchQr => "the QR code is this device".into(),
+        TenantOp::EnrollmentState { expect } => {
+            format!("enrollment state {}", expect.join(" | "))
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use crate::model::duration::format_duration;
 use crate::model::inventory::Capability;
 use crate::model::scenario::{FailureClass, ResetMethod, TenantOp};
 
+use super::clock::poll_interval;
 use super::events::EventKind;
 use super::outcome::CaseState;
 use super::step::{Attempt, Done, Failure, StepCtx};
@@ -177,6 +178,7 @@ where
     let clock = &ctx.run.clock;
     let until = (clock.now() + deadline).min(ctx.deadline);
     let mut last: Option<String> = None;
+    let every = poll_interval(clock.as_ref(), ctx.run.options.tenant_poll);
     loop {
         let (value, done) = read().await?;
         if last.as_deref() != Some(value.as_str()) {
@@ -193,8 +195,6 @@ where
         if now >= until {
             return Ok(Polled::GaveUp(last.unwrap_or_default()));
         }
-        clock
-            .sleep_until((now + ctx.run.options.tenant_poll).min(until))
-            .await;
+        clock.sleep_until((now + every).min(until)).await;
     }
 }
