@@ -1028,6 +1028,17 @@ fn report_html_opens_in_headless_chromium_failures_first() {
         c.arg(&url);
         c
     };
+    // Kept for a human to look at after the test.
+    for p in [&written.junit, &written.summary, &written.html] {
+        std::fs::copy(
+            p,
+            artifacts.join(format!(
+                "report-run-{}",
+                p.file_name().unwrap().to_string_lossy()
+            )),
+        )
+        .unwrap();
+    }
     let shot = artifacts.join("report-run.png");
     let _ = std::fs::remove_file(&shot);
     let out = base(&[&format!("--screenshot={}", shot.display())])

@@ -32,7 +32,7 @@ use crate::store::{CaseRecord, Ledger, LedgerError, RunRecord, StepRecord};
 pub use evidence::EvidenceLimits;
 pub use history::History;
 pub use redact::Redactor;
-pub use rundir::RunDir;
+pub use rundir::{CaseEvents, RunDir};
 pub use signatures::{Diagnosis, SignatureBook};
 pub use summary::RunSummary;
 
