@@ -869,6 +869,9 @@ fn failures(
             .gap_before_s
             .map(|s| std::time::Duration::from_secs_f64(s.max(0.0)));
         for step in &mut phase.steps {
+            if step.status != "failed" && step.retries.is_empty() {
+                continue;
+            }
             let base = FailureFacts {
                 phase: phase.name.clone(),
                 console: texts.console.clone(),
