@@ -773,18 +773,53 @@ fn build_run() -> Run {
     w.phase_end("technician", PhaseStatus::Passed, 2402.0);
     w.t += 1800.0;
     w.phase_start("user", Some(1800.0));
-    w.step(
-        "user",
-        "sign in accepted",
-        "wait on the screen for desktop | sign-in error",
-        60.0,
-        StepStatus::Failed {
-            class: FailureClass::Product,
-            code: None,
-            message: "the screen showed sign-in error: token could not be validated".into(),
-            hint: None,
+    // Tried twice; failed both times (rerun entries in JUnit).
+    let s = Some("sign in accepted");
+    for attempt in 1..=2 {
+        w.emit(
+            Some("user"),
+            s,
+            1.0,
+            EventKind::StepStarted {
+                attempt,
+                attempts_allowed: 2,
+                what: "wait on the screen for desktop | sign-in error".into(),
+                origin: "scenarios/preprovision.yaml:44:7".into(),
+                block: None,
+            },
+        );
+        if attempt == 1 {
+            w.emit(
+                Some("user"),
+                s,
+                30.0,
+                EventKind::StepRetried {
+                    attempt,
+                    next_in: Duration::from_secs(10),
+                    after_class: FailureClass::Product,
+                    message: "the screen showed sign-in error".into(),
+                },
+            );
+        }
+    }
+    w.emit(
+        Some("user"),
+        s,
+        30.0,
+        EventKind::StepFinished {
+            status: StepStatus::Failed {
+                class: FailureClass::Product,
+                code: None,
+                message: "the screen showed sign-in error: token could not be validated".into(),
+                hint: None,
+            },
+            attempts: 2,
+            attempts_allowed: 2,
+            elapsed: Duration::from_secs(60),
+            timed_out_attempts: 0,
+            stopped_by: None,
+            captures: BTreeMap::new(),
         },
-        &[],
     );
     w.phase_end(
         "user",
@@ -982,6 +1017,7 @@ fn junit_xml_reads_back_in_junitparser() {
         .unwrap();
     let message = fail["results"][0]["message"].as_str().unwrap();
     assert!(message.contains("less than 90 minutes"), "{message}");
+    assert_eq!(fail["reruns"], serde_json::json!(["rerunFailure"]));
 
     // pc04: no events, the ledger's steps are all there is; still a suite.
     assert_eq!(suite("health[join=entra]@pc04")["failures"], 0);
