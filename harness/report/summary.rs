@@ -133,9 +133,14 @@ pub struct PhaseSummary {
     pub elapsed_s: Option<f64>,
     /// The gap the scenario demands before this phase.
     pub gap_min_s: Option<f64>,
-    /// The measured wait between the previous phase's end and this phase's start.
+    /// The measured wait between the previous phase's end and this phase's start (the
+    /// gap the runner enforced, when the engine's clock restarted in between).
     pub gap_before_s: Option<f64>,
     pub steps: Vec<StepSummary>,
+    /// The engine's clock restarted (another process) between the previous phase and
+    /// this one, so lab times cannot measure the gap.
+    #[serde(skip)]
+    pub clock_restarted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -387,7 +392,8 @@ fn case_summary(
         None
     };
 
-    let times = lab_times(events);
+    let (times, restarts) = lab_times(events);
+    let mut restarted_since_phase_end = false;
     let mut phases: Vec<PhaseSummary> = Vec::new();
     let mut artifacts = Vec::new();
     let mut kept = Vec::new();
@@ -396,7 +402,8 @@ fn case_summary(
     let mut technician_elapsed = None;
     let mut join_seen: BTreeMap<String, String> = BTreeMap::new();
 
-    for (event, t) in events.iter().zip(times.iter().copied()) {
+    for ((event, t), restart) in events.iter().zip(times.iter().copied()).zip(restarts) {
+        restarted_since_phase_end |= restart;
         let phase_name = event.phase.clone().unwrap_or_default();
         let phase = |phases: &mut Vec<PhaseSummary>| -> usize {
             match phases.iter().position(|p| p.name == phase_name) {
@@ -412,6 +419,7 @@ fn case_summary(
                         gap_min_s: None,
                         gap_before_s: None,
                         steps: Vec::new(),
+                        clock_restarted: false,
                     });
                     phases.len() - 1
                 }
@@ -462,6 +470,7 @@ fn case_summary(
                             gap_min_s: None,
                             gap_before_s: None,
                             steps: Vec::new(),
+                            clock_restarted: false,
                         });
                     }
                 }
@@ -472,10 +481,12 @@ fn case_summary(
             }
             RecordedKind::PhaseStarted { .. } => {
                 let p = phase(&mut phases);
+                phases[p].clock_restarted = restarted_since_phase_end;
                 phases[p].start_s = Some(t);
                 phases[p].status = "running".into();
             }
             RecordedKind::PhaseFinished { status, elapsed } => {
+                restarted_since_phase_end = false;
                 let p = phase(&mut phases);
                 phases[p].end_s = Some(t);
                 phases[p].elapsed_s = Some(*elapsed);
@@ -671,7 +682,11 @@ fn case_summary(
     let mut previous_end: Option<f64> = None;
     for phase in &mut phases {
         if let (Some(end), Some(start)) = (previous_end, phase.start_s) {
-            phase.gap_before_s = Some((start - end).max(0.0));
+            phase.gap_before_s = if phase.clock_restarted {
+                phase.gap_min_s
+            } else {
+                Some((start - end).max(0.0))
+            };
         }
         if phase.end_s.is_some() {
             previous_end = phase.end_s;
@@ -728,13 +743,15 @@ fn case_summary(
 /// Lab time of each event, from the case's first event. The engine's clock restarts when
 /// a later phase runs in another process (after a restart or a parked gap); the wall
 /// clock bridges such a jump so the timeline keeps going forward.
-fn lab_times(events: &[RecordedEvent]) -> Vec<f64> {
+fn lab_times(events: &[RecordedEvent]) -> (Vec<f64>, Vec<bool>) {
     let mut out = Vec::with_capacity(events.len());
+    let mut restarts = Vec::with_capacity(events.len());
     let mut offset = 0.0;
     let mut last: Option<(f64, jiff::Timestamp)> = None;
     let base = events.first().map(|e| e.lab_time).unwrap_or(0.0);
     for e in events {
         let mut t = e.lab_time - base + offset;
+        let mut restart = false;
         if let Some((prev, prev_at)) = last
             && t < prev
         {
@@ -744,11 +761,13 @@ fn lab_times(events: &[RecordedEvent]) -> Vec<f64> {
                 .max(0.0);
             offset += prev - t + wall;
             t = prev + wall;
+            restart = true;
         }
         out.push(t);
+        restarts.push(restart);
         last = Some((t, e.at));
     }
-    out
+    (out, restarts)
 }
 
 /// What `what` says about a step: expect, screen check, shell, TPM and tenant steps (and
@@ -783,6 +802,7 @@ fn phases_from_ledger(steps: &[StepRecord]) -> Vec<PhaseSummary> {
                     gap_min_s: None,
                     gap_before_s: None,
                     steps: Vec::new(),
+                    clock_restarted: false,
                 });
                 phases.len() - 1
             }
@@ -1104,6 +1124,29 @@ mod tests {
         assert!(!is_check("press MetaLeft x5"));
         assert!(!is_check("collect [Dsregcmd]"));
         assert!(!is_check("wait 90m"));
+    }
+
+    #[test]
+    fn a_restarted_engine_clock_keeps_the_timeline_going_forward() {
+        let event = |lab_time: f64, wall: &str| RecordedEvent {
+            at: wall.parse().unwrap(),
+            lab_time,
+            device: "d".into(),
+            case: "c".into(),
+            phase: None,
+            step: None,
+            kind: RecordedKind::Other,
+        };
+        let events = [
+            event(100.0, "2026-11-26T03:00:00Z"),
+            event(3500.0, "2026-11-26T03:56:40Z"),
+            // Another process (the user flow after a parked gap) starts its clock at 0.
+            event(0.0, "2026-11-26T03:56:49Z"),
+            event(60.0, "2026-11-26T03:57:49Z"),
+        ];
+        let (times, restarts) = lab_times(&events);
+        assert_eq!(times, [0.0, 3400.0, 3409.0, 3469.0]);
+        assert_eq!(restarts, [false, false, true, false]);
     }
 
     #[test]
