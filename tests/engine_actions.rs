@@ -837,3 +837,68 @@ async fn a_template_mistake_is_a_config_failure_pointing_at_the_step() {
         Some("check the templates of step `tag` (scenarios/test.yaml:7:5)")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn enrolled_device_record_is_deleted_and_compliance_is_awaited() {
+    let steps = vec![
+        step(
+            "state",
+            Action::Tenant(TenantOp::EnrollmentState {
+                expect: vec!["enrolled".into()],
+            }),
+        ),
+        step(
+            "reset",
+            Action::Tenant(TenantOp::ResetRecord {
+                method: ResetMethod::Delete,
+            }),
+        ),
+        step(
+            "compliant",
+            Action::Tenant(TenantOp::Compliance {
+                expect: vec!["compliant".into(), "inGracePeriod".into()],
+                deadline: mins(20),
+            }),
+        ),
+    ];
+    let mut bench = Bench::new(scenario(vec![phase("user", steps)]));
+    bench.options.tenant_poll = mins(5);
+    let tenant = Arc::new(ScriptedTenant::new(AutopilotIdentity {
+        managed_device_id: "md-42".into(),
+        ..contoso_identity()
+    }));
+    *tenant.compliance.lock().unwrap() = ["unknown", "noncompliant", "compliant"]
+        .map(String::from)
+        .into();
+    bench.handle.tenant = Some(Box::new(ArcTenant(tenant.clone())));
+    let result = engine::run_case(bench.run()).await;
+    assert_eq!(result.verdict, CaseVerdict::Passed, "{result:#?}");
+    assert_eq!(*tenant.calls.lock().unwrap(), ["delete md-42"]);
+    assert_eq!(result.phases[0].steps[2].elapsed, mins(10));
+
+    // Compliance that settles on the wrong state is a product failure at the deadline.
+    let mut bench = Bench::new(scenario(vec![phase(
+        "user",
+        vec![step(
+            "compliant",
+            Action::Tenant(TenantOp::Compliance {
+                expect: vec!["compliant".into()],
+                deadline: mins(20),
+            }),
+        )],
+    )]));
+    bench.options.tenant_poll = mins(5);
+    let tenant = ScriptedTenant::new(AutopilotIdentity {
+        managed_device_id: "md-42".into(),
+        ..contoso_identity()
+    });
+    *tenant.compliance.lock().unwrap() = ["noncompliant".to_string()].into();
+    bench.handle.tenant = Some(Box::new(tenant));
+    let result = engine::run_case(bench.run()).await;
+    let (class, message) = failure_message(&result.phases[0].steps[0].status);
+    assert_eq!(class, FailureClass::Product);
+    assert_eq!(
+        message,
+        "complianceState is \"noncompliant\" after 20m, expected one of [\"compliant\"]"
+    );
+}
