@@ -1332,3 +1332,35 @@ fn unreadable_event_lines_are_reported_not_fatal() {
         written.warnings
     );
 }
+
+#[test]
+fn a_run_with_nothing_finished_still_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ledger = SqliteLedger::open(&tmp.path().join("ledger.sqlite")).unwrap();
+    ledger.create_run("empty", "{}", T0_MS).unwrap();
+    let dir = RunDir::create(&tmp.path().join("reports"), "empty", Redactor::default()).unwrap();
+    let input =
+        RunInput::from_ledger(&ledger, "empty", "lab", &[], SignatureBook::builtin(), 5).unwrap();
+    let written = write_reports(&dir, &input).unwrap();
+    let html = std::fs::read_to_string(&written.html).unwrap();
+    assert!(html.contains("No case failed."));
+    let xml = std::fs::read_to_string(&written.junit).unwrap();
+    assert!(xml.contains("tests=\"0\""), "{xml}");
+
+    // A case still pending on an unknown device: listed, not failed, model unknown.
+    ledger
+        .add_cases(&[case_record(
+            "empty",
+            "preprovision",
+            "ghost",
+            CaseStatus::Pending,
+        )])
+        .unwrap();
+    let input =
+        RunInput::from_ledger(&ledger, "empty", "lab", &[], SignatureBook::builtin(), 5).unwrap();
+    let written = write_reports(&dir, &input).unwrap();
+    let summary: Value = serde_json::from_slice(&std::fs::read(&written.summary).unwrap()).unwrap();
+    assert_eq!(summary["totals"]["unfinished"], 1);
+    assert_eq!(summary["cases"][0]["device"]["model"], "unknown model");
+    assert_eq!(summary["grid"][0]["cells"][0]["state"], "other");
+}

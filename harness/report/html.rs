@@ -128,7 +128,7 @@ fn case_view<'a>(run_dir: &RunDir, case: &'a CaseSummary) -> CaseView<'a> {
                     },
                     None => Shot {
                         label,
-                        src: link(run_dir, &a.path),
+                        src: link(&a.path),
                         embedded: false,
                     },
                 });
@@ -144,7 +144,7 @@ fn case_view<'a>(run_dir: &RunDir, case: &'a CaseSummary) -> CaseView<'a> {
 }
 
 /// A link from report.html: relative paths stay relative, absolute ones become file://.
-fn link(_run_dir: &RunDir, path: &str) -> String {
+fn link(path: &str) -> String {
     if path.starts_with('/') {
         format!("file://{path}")
     } else {
