@@ -144,7 +144,7 @@ pub fn write_reports(run_dir: &RunDir, input: &RunInput) -> Result<Written, Repo
         .map_err(|e| ReportError::Harness(format!("cannot serialize the summary: {e}")))?;
     let summary_path = write(run_dir.summary_path(), &json)?;
     let junit = write(run_dir.junit_path(), &junit::render(run_dir, &summary)?)?;
-    let html = write(run_dir.html_path(), &html::render(run_dir, &summary)?)?;
+    let html = write(run_dir.html_path(), &html::render(&summary)?)?;
     Ok(Written {
         summary: summary_path,
         junit,
