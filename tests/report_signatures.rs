@@ -356,6 +356,19 @@ fn a_code_on_screen_beats_a_vaguer_signature() {
 }
 
 #[test]
+fn what_the_failure_says_outweighs_what_was_around_it() {
+    // A shell step timed out because sshd refused, while the screen showed an ESP page.
+    let facts = FailureFacts {
+        class: "timeout".into(),
+        message: "cannot reach sshd at 127.0.0.1:2222: Connection refused (os error 111)".into(),
+        screen: "Device setup\nApps (Working on it...)".into(),
+        ..Default::default()
+    };
+    let d = SignatureBook::builtin().diagnose(&facts);
+    assert_eq!(d.signature.as_deref(), Some("ssh-refused"), "{d:?}");
+}
+
+#[test]
 fn an_infrastructure_signature_never_explains_a_product_failure() {
     // "refused" in a product failure's text is not the lab's SSH being down.
     let facts = FailureFacts {
