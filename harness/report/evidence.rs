@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::ReportError;
+use super::artifacts::{decode_text, is_text_name};
 use super::rundir::{RunDir, slug};
-use super::summary::{RunSummary, is_text_name};
+use super::summary::RunSummary;
 use crate::store::CaseRecord;
 
 /// Size caps for the evidence archive.
@@ -364,7 +365,7 @@ fn scrub_zip(run_dir: &RunDir, path: &Path) -> std::io::Result<()> {
 /// Scrubs text that may be UTF-16LE with a BOM (Windows tools write both).
 fn scrub_text_bytes(run_dir: &RunDir, bytes: &[u8]) -> Vec<u8> {
     if bytes.starts_with(&[0xff, 0xfe]) {
-        let text = super::summary::decode_text(bytes);
+        let text = decode_text(bytes);
         let clean = run_dir.redactor().redact(&text);
         if clean == text {
             return bytes.to_vec();

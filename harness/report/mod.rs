@@ -6,12 +6,16 @@
 //! - [`rundir`]: the run directory layout and the API the fleet writes through.
 //! - [`summary`]: the run as one data model (`summary.json`), built from the ledger's
 //!   records, the per-case events, console logs and inventory facts. JUnit and HTML are
-//!   both renderings of it, so they never disagree.
+//!   both renderings of it, so they never disagree. [`case`] tells one case from its
+//!   events; [`artifacts`] finds its files and reads its diagnostics; [`console`]
+//!   cleans device text for XML and HTML.
 //! - [`junit`]: `junit.xml` for CI servers; [`html`]: `report.html` for engineers.
 //! - [`signatures`]: known failures (`signatures/known-failures.yaml`) matched against
 //!   every failure; [`history`]: this run against earlier ones; [`evidence`]: per-device
 //!   certification evidence for OEM hand-over; [`redact`]: secrets never reach a file.
 
+pub mod artifacts;
+pub mod case;
 pub mod console;
 pub mod evidence;
 pub mod history;
