@@ -32,7 +32,6 @@ struct CaseTexts {
     diagnostics: String,
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn case_summary(
     run_dir: &RunDir,
     input: &RunInput,
@@ -195,15 +194,8 @@ pub(super) fn case_summary(
                         attempt: *attempt,
                         class: after_class.clone(),
                         message: message.clone(),
-                        diagnosis: Diagnosis {
-                            signature: None,
-                            title: String::new(),
-                            cause: String::new(),
-                            remedy: String::new(),
-                            class: None,
-                            reference: None,
-                            matched_on: None,
-                        },
+                        // Filled in once all texts are known (see `failures`).
+                        diagnosis: unknown_placeholder(),
                     });
                 }
                 texts.events.push_str(&format!("retry: {message}\n"));
