@@ -588,6 +588,20 @@ fn build_run() -> Run {
             captures: BTreeMap::new(),
         },
     );
+    // A `continue_on_failure` check that failed: tolerated, the case still passes.
+    w.step(
+        "user",
+        "compliance reported",
+        "tenant: ExpectCompliance",
+        4.0,
+        StepStatus::Failed {
+            class: FailureClass::Product,
+            code: None,
+            message: "complianceState is noncompliant, expected compliant".into(),
+            hint: None,
+        },
+        &[],
+    );
     w.phase_end("user", PhaseStatus::Passed, 900.0);
     w.emit(
         None,
@@ -595,7 +609,7 @@ fn build_run() -> Run {
         0.1,
         EventKind::CaseFinished {
             verdict: CaseVerdict::Passed,
-            tolerated_failures: 0,
+            tolerated_failures: 1,
         },
     );
 
@@ -1005,6 +1019,21 @@ fn junit_xml_reads_back_in_junitparser() {
     assert!(
         !names.contains(&"user / sign in"),
         "typing is not a check: {names:?}"
+    );
+    let tolerated = pc01["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "user / compliance reported")
+        .unwrap();
+    assert_eq!(tolerated["results"][0]["tag"], "skipped");
+    assert_eq!(tolerated["results"][0]["type"], "tolerated");
+    assert!(
+        tolerated["results"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("tolerated failure (product): no known signature matches"),
+        "{tolerated}"
     );
 
     // pc03: the known cause is the too-short gap.

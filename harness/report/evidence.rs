@@ -148,13 +148,17 @@ pub fn write(
                             gap_before_s: p.gap_before_s,
                         })
                         .collect(),
-                    failure: c.failures.first().map(|f| FailureEvidence {
-                        class: &f.class,
-                        code: f.code.as_deref(),
-                        message: &f.message,
-                        cause: &f.diagnosis.cause,
-                        remedy: &f.diagnosis.remedy,
-                    }),
+                    failure: c
+                        .failures
+                        .iter()
+                        .find(|f| f.fatal)
+                        .map(|f| FailureEvidence {
+                            class: &f.class,
+                            code: f.code.as_deref(),
+                            message: &f.message,
+                            cause: &f.diagnosis.cause,
+                            remedy: &f.diagnosis.remedy,
+                        }),
                     diagnostics: c
                         .artifacts
                         .iter()

@@ -178,6 +178,22 @@ fn step_case(
         .find(|f| f.phase == phase.name && f.step == step.name);
     let status = match (step.status.as_str(), failure) {
         ("passed", _) => TestCaseStatus::Success { flaky_runs: reruns },
+        // A `continue_on_failure` step: the scenario says its failure does not fail the
+        // case, so CI must not go red for it; it stays visible as skipped, with the cause.
+        ("failed", Some(f)) if !f.fatal && phase.status == "passed" => {
+            let mut s = TestCaseStatus::skipped();
+            s.set_type("tolerated");
+            s.set_message(x(&format!(
+                "tolerated failure ({}{}): {}",
+                f.class,
+                f.code
+                    .as_deref()
+                    .map(|c| format!(" {c}"))
+                    .unwrap_or_default(),
+                f.diagnosis.cause
+            )));
+            s
+        }
         ("failed", Some(f)) => failure_status(f, &reruns),
         ("skipped", _) => {
             let mut s = TestCaseStatus::skipped();
