@@ -134,9 +134,11 @@ pub struct Written {
 /// directory. Secrets are scrubbed from the case files (console logs, text artifacts,
 /// diagnostics archives) first, then from everything written.
 pub fn write_reports(run_dir: &RunDir, input: &RunInput) -> Result<Written, ReportError> {
-    let mut warnings = evidence::scrub_case_files(run_dir, &input.cases);
-    let summary = summary::build(run_dir, input)?;
-    warnings.extend(summary.warnings.iter().cloned());
+    let scrub_warnings = evidence::scrub_case_files(run_dir, &input.cases);
+    let mut summary = summary::build(run_dir, input)?;
+    // Shown in the report too: a file that could not be scrubbed may hold a secret.
+    summary.warnings.extend(scrub_warnings);
+    let warnings = summary.warnings.clone();
     let redactor = run_dir.redactor();
     let write = |path: PathBuf, text: &str| -> Result<PathBuf, ReportError> {
         let text = redactor.redact(text);
