@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::exit;
+use crate::report::Redactor;
 use crate::report::history::{self, Models};
 use crate::report::summary::RunSummary;
 use crate::store::Ledger;
@@ -65,16 +66,19 @@ pub fn run(args: HistoryArgs) -> ExitCode {
     let models = models_from_reports(&args.reports);
     match history::compare(&ledger, &run_id, &models, args.depth) {
         Ok(h) => {
+            // The ledger's messages come from devices; scrub credential shapes (this
+            // command has no secret values to scrub by name).
+            let redactor = Redactor::default();
             if args.json {
                 match serde_json::to_string_pretty(&h) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => println!("{}", redactor.redact(&s)),
                     Err(e) => {
                         eprintln!("error: {e}");
                         return ExitCode::from(exit::INFRASTRUCTURE);
                     }
                 }
             } else {
-                print!("{}", history::render_text(&h));
+                print!("{}", redactor.redact(&history::render_text(&h)));
             }
             ExitCode::from(exit::PASSED)
         }
