@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod devices;
+pub mod history;
 pub mod inputs;
 pub mod run;
 pub mod status;
@@ -44,6 +45,8 @@ pub enum Command {
     Status(status::Args),
     /// Every device of the inventory, how it is reached, its health and lease.
     Devices(devices::Args),
+    /// Compare a run with earlier runs: new failures, fixed, flaky, pass rate per model.
+    History(history::HistoryArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Resume(args) => run::resume(args),
         Command::Status(args) => status::run(args),
         Command::Devices(args) => devices::run(args),
+        Command::History(args) => return history::run(args),
     };
     ExitCode::from(code)
 }

@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::ReportError;
+use super::artifacts::{decode_text, is_text_name};
 use super::rundir::{RunDir, slug};
-use super::summary::{RunSummary, is_text_name};
+use super::summary::RunSummary;
 use crate::store::CaseRecord;
 
 /// Size caps for the evidence archive.
@@ -147,13 +148,17 @@ pub fn write(
                             gap_before_s: p.gap_before_s,
                         })
                         .collect(),
-                    failure: c.failures.first().map(|f| FailureEvidence {
-                        class: &f.class,
-                        code: f.code.as_deref(),
-                        message: &f.message,
-                        cause: &f.diagnosis.cause,
-                        remedy: &f.diagnosis.remedy,
-                    }),
+                    failure: c
+                        .failures
+                        .iter()
+                        .find(|f| f.fatal)
+                        .map(|f| FailureEvidence {
+                            class: &f.class,
+                            code: f.code.as_deref(),
+                            message: &f.message,
+                            cause: &f.diagnosis.cause,
+                            remedy: &f.diagnosis.remedy,
+                        }),
                     diagnostics: c
                         .artifacts
                         .iter()
@@ -316,28 +321,26 @@ fn scrub_file(run_dir: &RunDir, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Rewrites an archive whose text entries held a secret (UTF-8 or UTF-16).
+/// Rewrites an archive whose text entries held a secret (UTF-8 or UTF-16). Only text
+/// entries are read; the rest (event logs, ETL traces) are copied still compressed, so a
+/// large diagnostics archive never has to fit in memory.
 fn scrub_zip(run_dir: &RunDir, path: &Path) -> std::io::Result<()> {
     let other = |e: zip::result::ZipError| std::io::Error::other(e.to_string());
     let mut archive = zip::ZipArchive::new(File::open(path)?).map_err(other)?;
-    let mut entries = Vec::with_capacity(archive.len());
-    let mut changed = false;
+    let mut scrubbed: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(other)?;
-        let name = entry.name().to_string();
-        let is_dir = entry.is_dir();
+        if entry.is_dir() || !is_text_name(entry.name()) {
+            continue;
+        }
         let mut content = Vec::new();
         entry.read_to_end(&mut content)?;
-        if !is_dir && is_text_name(&name) {
-            let clean = scrub_text_bytes(run_dir, &content);
-            if clean != content {
-                changed = true;
-                content = clean;
-            }
+        let clean = scrub_text_bytes(run_dir, &content);
+        if clean != content {
+            scrubbed.insert(i, clean);
         }
-        entries.push((name, is_dir, content));
     }
-    if !changed {
+    if scrubbed.is_empty() {
         return Ok(());
     }
     let tmp = path.with_extension("zip.scrub");
@@ -346,12 +349,16 @@ fn scrub_zip(run_dir: &RunDir, path: &Path) -> std::io::Result<()> {
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated)
             .large_file(true);
-        for (name, is_dir, content) in entries {
-            if is_dir {
-                zip.add_directory(name, options).map_err(other)?;
-            } else {
-                zip.start_file(name, options).map_err(other)?;
-                zip.write_all(&content)?;
+        for i in 0..archive.len() {
+            match scrubbed.remove(&i) {
+                Some(content) => {
+                    let name = archive.by_index_raw(i).map_err(other)?.name().to_string();
+                    zip.start_file(name, options).map_err(other)?;
+                    zip.write_all(&content)?;
+                }
+                None => zip
+                    .raw_copy_file(archive.by_index_raw(i).map_err(other)?)
+                    .map_err(other)?,
             }
         }
         zip.finish().map_err(other)?;
@@ -362,7 +369,7 @@ fn scrub_zip(run_dir: &RunDir, path: &Path) -> std::io::Result<()> {
 /// Scrubs text that may be UTF-16LE with a BOM (Windows tools write both).
 fn scrub_text_bytes(run_dir: &RunDir, bytes: &[u8]) -> Vec<u8> {
     if bytes.starts_with(&[0xff, 0xfe]) {
-        let text = super::summary::decode_text(bytes);
+        let text = decode_text(bytes);
         let clean = run_dir.redactor().redact(&text);
         if clean == text {
             return bytes.to_vec();

@@ -9,7 +9,6 @@ use base64::Engine as _;
 use serde::Serialize;
 
 use super::ReportError;
-use super::rundir::RunDir;
 use super::summary::{ArtifactRef, CaseSummary, RunSummary};
 
 const TEMPLATE: &str = include_str!("templates/report.html.tera");
@@ -67,21 +66,20 @@ struct Bar {
     width: String,
 }
 
-pub fn render(run_dir: &RunDir, summary: &RunSummary) -> Result<String, ReportError> {
-    let view = |c| case_view(run_dir, c);
+pub fn render(summary: &RunSummary) -> Result<String, ReportError> {
     let page = Page {
         run: summary,
         failed: summary
             .cases
             .iter()
             .filter(|c| c.status == "failed")
-            .map(view)
+            .map(case_view)
             .collect(),
         others: summary
             .cases
             .iter()
             .filter(|c| c.status != "failed")
-            .map(view)
+            .map(case_view)
             .collect(),
         timelines: timelines(summary),
     };
@@ -95,7 +93,7 @@ pub fn render(run_dir: &RunDir, summary: &RunSummary) -> Result<String, ReportEr
         .map_err(|e| ReportError::Harness(format!("report template: {e:?}")))
 }
 
-fn case_view<'a>(run_dir: &RunDir, case: &'a CaseSummary) -> CaseView<'a> {
+fn case_view(case: &CaseSummary) -> CaseView<'_> {
     let mut screenshots = Vec::new();
     let mut files = Vec::new();
     for a in &case.artifacts {
@@ -128,7 +126,7 @@ fn case_view<'a>(run_dir: &RunDir, case: &'a CaseSummary) -> CaseView<'a> {
                     },
                     None => Shot {
                         label,
-                        src: link(run_dir, &a.path),
+                        src: link(&a.path),
                         embedded: false,
                     },
                 });
@@ -144,7 +142,7 @@ fn case_view<'a>(run_dir: &RunDir, case: &'a CaseSummary) -> CaseView<'a> {
 }
 
 /// A link from report.html: relative paths stay relative, absolute ones become file://.
-fn link(_run_dir: &RunDir, path: &str) -> String {
+fn link(path: &str) -> String {
     if path.starts_with('/') {
         format!("file://{path}")
     } else {

@@ -83,7 +83,7 @@ fn suite(run_dir: &RunDir, summary: &RunSummary, case: &CaseSummary) -> TestSuit
 
     let classname = x(&case.case_id);
     for phase in &case.phases {
-        suite.add_test_case(phase_case(run_dir, &classname, case, phase));
+        suite.add_test_case(phase_case(&classname, case, phase));
         for step in phase.steps.iter().filter(|s| s.check) {
             suite.add_test_case(step_case(run_dir, &classname, case, phase, step));
         }
@@ -94,6 +94,7 @@ fn suite(run_dir: &RunDir, summary: &RunSummary, case: &CaseSummary) -> TestSuit
     {
         let mut tc = TestCase::new("case", failure_status(f, &[]));
         tc.set_classname(classname.clone());
+        tc.set_system_out(failure_out(run_dir, case, f));
         suite.add_test_case(tc);
     }
     let mut out = String::new();
@@ -106,12 +107,7 @@ fn suite(run_dir: &RunDir, summary: &RunSummary, case: &CaseSummary) -> TestSuit
     suite
 }
 
-fn phase_case(
-    run_dir: &RunDir,
-    classname: &str,
-    case: &CaseSummary,
-    phase: &PhaseSummary,
-) -> TestCase {
+fn phase_case(classname: &str, case: &CaseSummary, phase: &PhaseSummary) -> TestCase {
     let failure = case
         .failures
         .iter()
@@ -147,7 +143,13 @@ fn phase_case(
         tc.add_property(Property::new("gap_before_s", format!("{gap:.0}")));
     }
     if let Some(f) = failure {
-        tc.set_system_out(failure_out(run_dir, case, f));
+        // The details (console, attachments) are on the step's test case.
+        tc.set_system_out(format!(
+            "failed at step {}: {}\ncause: {}\n",
+            x(&f.step),
+            x(&f.message),
+            x(&f.diagnosis.cause)
+        ));
     }
     tc
 }
@@ -176,6 +178,22 @@ fn step_case(
         .find(|f| f.phase == phase.name && f.step == step.name);
     let status = match (step.status.as_str(), failure) {
         ("passed", _) => TestCaseStatus::Success { flaky_runs: reruns },
+        // A `continue_on_failure` step: the scenario says its failure does not fail the
+        // case, so CI must not go red for it; it stays visible as skipped, with the cause.
+        ("failed", Some(f)) if !f.fatal && phase.status == "passed" => {
+            let mut s = TestCaseStatus::skipped();
+            s.set_type("tolerated");
+            s.set_message(x(&format!(
+                "tolerated failure ({}{}): {}",
+                f.class,
+                f.code
+                    .as_deref()
+                    .map(|c| format!(" {c}"))
+                    .unwrap_or_default(),
+                f.diagnosis.cause
+            )));
+            s
+        }
         ("failed", Some(f)) => failure_status(f, &reruns),
         ("skipped", _) => {
             let mut s = TestCaseStatus::skipped();

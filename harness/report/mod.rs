@@ -1,16 +1,21 @@
-//! Reports that CI servers and engineers both read, made from the run directory and the
-//! ledger after (or while) a run goes: reporters never call a device.
+//! Reporters: subscribers to the engine's and the fleet's event streams (terminal
+//! progress, JUnit, HTML, JSON), and reports that CI servers and engineers both read,
+//! made from the run directory and the ledger. A reporter never calls a device.
 //!
-//! - [`progress`]: live progress on the terminal from the fleet's and engine's events.
+//! - [`progress`]: the live terminal view of a run.
 //! - [`rundir`]: the run directory layout and the API the fleet writes through.
 //! - [`summary`]: the run as one data model (`summary.json`), built from the ledger's
 //!   records, the per-case events, console logs and inventory facts. JUnit and HTML are
-//!   both renderings of it, so they never disagree.
+//!   both renderings of it, so they never disagree. [`case`] tells one case from its
+//!   events; [`artifacts`] finds its files and reads its diagnostics; [`console`]
+//!   cleans device text for XML and HTML.
 //! - [`junit`]: `junit.xml` for CI servers; [`html`]: `report.html` for engineers.
 //! - [`signatures`]: known failures (`signatures/known-failures.yaml`) matched against
 //!   every failure; [`history`]: this run against earlier ones; [`evidence`]: per-device
 //!   certification evidence for OEM hand-over; [`redact`]: secrets never reach a file.
 
+pub mod artifacts;
+pub mod case;
 pub mod console;
 pub mod evidence;
 pub mod history;
@@ -31,7 +36,7 @@ use crate::store::{CaseRecord, Ledger, LedgerError, RunRecord, StepRecord};
 pub use evidence::EvidenceLimits;
 pub use history::History;
 pub use redact::Redactor;
-pub use rundir::RunDir;
+pub use rundir::{CaseEvents, RunDir};
 pub use signatures::{Diagnosis, SignatureBook};
 pub use summary::RunSummary;
 
@@ -129,9 +134,11 @@ pub struct Written {
 /// directory. Secrets are scrubbed from the case files (console logs, text artifacts,
 /// diagnostics archives) first, then from everything written.
 pub fn write_reports(run_dir: &RunDir, input: &RunInput) -> Result<Written, ReportError> {
-    let mut warnings = evidence::scrub_case_files(run_dir, &input.cases);
-    let summary = summary::build(run_dir, input)?;
-    warnings.extend(summary.warnings.iter().cloned());
+    let scrub_warnings = evidence::scrub_case_files(run_dir, &input.cases);
+    let mut summary = summary::build(run_dir, input)?;
+    // Shown in the report too: a file that could not be scrubbed may hold a secret.
+    summary.warnings.extend(scrub_warnings);
+    let warnings = summary.warnings.clone();
     let redactor = run_dir.redactor();
     let write = |path: PathBuf, text: &str| -> Result<PathBuf, ReportError> {
         let text = redactor.redact(text);
@@ -143,7 +150,7 @@ pub fn write_reports(run_dir: &RunDir, input: &RunInput) -> Result<Written, Repo
         .map_err(|e| ReportError::Harness(format!("cannot serialize the summary: {e}")))?;
     let summary_path = write(run_dir.summary_path(), &json)?;
     let junit = write(run_dir.junit_path(), &junit::render(run_dir, &summary)?)?;
-    let html = write(run_dir.html_path(), &html::render(run_dir, &summary)?)?;
+    let html = write(run_dir.html_path(), &html::render(&summary)?)?;
     Ok(Written {
         summary: summary_path,
         junit,

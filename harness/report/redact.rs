@@ -26,12 +26,21 @@ const SHAPES: [&str; 3] = [
 ];
 
 /// Scrubs secret values from text and bytes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Redactor {
     secrets: Option<Regex>,
     secrets_bytes: Option<BytesRegex>,
     shapes: Vec<Regex>,
     shapes_bytes: Vec<BytesRegex>,
+}
+
+/// Never shows the secrets: a `{:?}` of a run directory ends up in logs.
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("secrets", &self.secrets.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Redactor {
@@ -204,6 +213,12 @@ mod tests {
             r.redact("Securing your hardware"),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let r = Redactor::new(["hunter22-secret"]);
+        assert!(!format!("{r:?}").contains("hunter22"), "{r:?}");
     }
 
     #[test]

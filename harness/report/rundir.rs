@@ -157,6 +157,33 @@ impl RunDir {
     }
 }
 
+/// The engine's event sink for one case: every event goes to the case's `events.jsonl`
+/// as it happens, so a crash loses nothing that was already reported.
+#[derive(Debug, Clone)]
+pub struct CaseEvents {
+    dir: RunDir,
+    case_id: String,
+}
+
+impl CaseEvents {
+    pub fn new(dir: RunDir, case_id: impl Into<String>) -> CaseEvents {
+        CaseEvents {
+            dir,
+            case_id: case_id.into(),
+        }
+    }
+}
+
+impl crate::engine::events::EventSink for CaseEvents {
+    fn emit(&self, event: Event) {
+        // A full disk must not stop the device's run; the report will lack the event and
+        // the log says why.
+        if let Err(e) = self.dir.append_event(&self.case_id, &event) {
+            tracing::warn!(case = %self.case_id, "event not recorded: {e}");
+        }
+    }
+}
+
 /// A name from a scenario or a device as a file name that stays inside its directory.
 pub fn slug(name: &str) -> String {
     let mut out = String::with_capacity(name.len().min(SLUG_MAX));
@@ -387,6 +414,141 @@ mod tests {
             assert_ne!(s, "..");
             let p = Path::new("/run").join(&s);
             assert_eq!(p.parent(), Some(Path::new("/run")), "{name:?} -> {s:?}");
+        }
+    }
+
+    /// Every kind of engine event, written the engine's way, reads back as the same kind
+    /// (catches the two sides drifting apart).
+    #[test]
+    fn every_engine_event_reads_back() {
+        use crate::engine::events::{
+            AttachRoute, CaseVerdict, EventKind, EventSink, PhaseStatus, StepStatus, StopReason,
+        };
+        use crate::model::scenario::{FailureClass, Source};
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(tmp.path(), "r1", Redactor::new(["s3cret-pass"])).unwrap();
+        let sink = CaseEvents::new(dir.clone(), "c@d");
+        let kinds = vec![
+            EventKind::CaseStarted {
+                scenario: "s".into(),
+                matrix: [("join".to_string(), "entra".to_string())].into(),
+                phases: vec!["technician".into()],
+            },
+            EventKind::PhaseStarted { timeout: None },
+            EventKind::GapStarted {
+                min: Duration::from_secs(5400),
+            },
+            EventKind::StepStarted {
+                attempt: 1,
+                attempts_allowed: 2,
+                what: "wait on the screen for success".into(),
+                origin: "f.yaml:1:1".into(),
+                block: None,
+            },
+            EventKind::PatternMatched {
+                source: Source::Screen,
+                outcome: "success".into(),
+                passed: true,
+                text: "typed s3cret-pass".into(),
+                captures: BTreeMap::new(),
+            },
+            EventKind::DeviceStateSeen {
+                what: "tpm family".into(),
+                value: "2.0".into(),
+            },
+            EventKind::StepRetried {
+                attempt: 1,
+                next_in: Duration::from_secs(5),
+                after_class: FailureClass::Timeout,
+                message: "m".into(),
+            },
+            EventKind::StepFinished {
+                status: StepStatus::Failed {
+                    class: FailureClass::Product,
+                    code: Some("0x80180014".into()),
+                    message: "m".into(),
+                    hint: None,
+                },
+                attempts: 2,
+                attempts_allowed: 2,
+                elapsed: Duration::from_millis(1500),
+                timed_out_attempts: 1,
+                stopped_by: Some(StopReason::NotRetryable),
+                captures: BTreeMap::new(),
+            },
+            EventKind::ArtifactSaved {
+                kind: "screenshot".into(),
+                path: "/x.png".into(),
+                bytes: 3,
+                truncated: false,
+            },
+            EventKind::ArtifactFailed {
+                kind: "dsregcmd".into(),
+                message: "m".into(),
+            },
+            EventKind::PowerReadBackUnavailable { reason: "r".into() },
+            EventKind::KeptOnFailure {
+                how_to_attach: vec![AttachRoute {
+                    capability: "shell".into(),
+                    transport: "ssh".into(),
+                    address: "127.0.0.1:22".into(),
+                    command: None,
+                }],
+            },
+            EventKind::PhaseFinished {
+                status: PhaseStatus::Kept {
+                    step: "s".into(),
+                    class: FailureClass::Product,
+                },
+                elapsed: Duration::from_secs(1),
+            },
+            EventKind::CaseFinished {
+                verdict: CaseVerdict::Failed {
+                    class: FailureClass::Product,
+                    phase: "p".into(),
+                    step: "s".into(),
+                    code: None,
+                    message: "m".into(),
+                },
+                tolerated_failures: 0,
+            },
+        ];
+        let count = kinds.len();
+        for kind in kinds {
+            sink.emit(Event {
+                at: jiff::Timestamp::now(),
+                lab_time: Duration::from_secs(1),
+                device: "d".into(),
+                case: "s".into(),
+                phase: Some("technician".into()),
+                step: None,
+                kind,
+            });
+        }
+        let (events, bad) = dir.read_events("c@d").unwrap();
+        assert_eq!((events.len(), bad), (count, 0));
+        assert!(
+            !events.iter().any(|e| matches!(e.kind, RecordedKind::Other)),
+            "{events:?}"
+        );
+        let text = std::fs::read_to_string(dir.events_path("c@d")).unwrap();
+        assert!(!text.contains("s3cret-pass") && text.contains("typed [redacted]"));
+        assert!(matches!(
+            &events[7].kind,
+            RecordedKind::StepFinished { status: RecordedStepStatus::Failed { code: Some(c), .. }, elapsed, .. }
+                if c == "0x80180014" && *elapsed == 1.5
+        ));
+    }
+
+    #[test]
+    fn hostile_case_ids_stay_inside_the_run_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(tmp.path(), "../../escape", Redactor::default()).unwrap();
+        assert!(dir.root().starts_with(tmp.path()));
+        for id in ["../../../etc/x", "/abs/path", "a\0b", "..", "\u{1b}[2J"] {
+            let case = dir.case_dir(id).unwrap();
+            assert_eq!(case.parent().unwrap(), dir.root().join("cases"), "{id:?}");
         }
     }
 

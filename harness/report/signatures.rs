@@ -173,11 +173,15 @@ impl SignatureBook {
         SignatureBook::parse(&text, &path.display().to_string())
     }
 
-    /// The override file if given, else the built-in list.
+    /// The override file if given, else the file `APLAB_SIGNATURES` names, else the
+    /// built-in list.
     pub fn load_or_builtin(path: Option<&Path>) -> Result<SignatureBook, ReportError> {
         match path {
             Some(p) => SignatureBook::load(p),
-            None => Ok(SignatureBook::builtin()),
+            None => match std::env::var_os("APLAB_SIGNATURES") {
+                Some(p) if !p.is_empty() => SignatureBook::load(Path::new(&p)),
+                _ => Ok(SignatureBook::builtin()),
+            },
         }
     }
 
@@ -343,7 +347,8 @@ impl Signature {
                 .iter()
                 .find(|s| contains_ignore_case(facts.text(**s), code))
             {
-                score += 30;
+                // What the failure itself says outweighs what was around it.
+                score += if *found == Search::Message { 35 } else { 30 };
                 identified = true;
                 why.insert(0, format!("code {code} in the {}", word(*found)));
             }
@@ -351,7 +356,7 @@ impl Signature {
         if !identified {
             for re in &self.patterns {
                 if let Some(found) = self.search.iter().find(|s| re.is_match(facts.text(**s))) {
-                    score += 20;
+                    score += if *found == Search::Message { 25 } else { 20 };
                     identified = true;
                     why.insert(0, format!("pattern in the {}", word(*found)));
                     break;
