@@ -24,6 +24,7 @@ pub fn origin() -> Origin {
         line: 7,
         column: 5,
         block: None,
+        used_at: None,
     }
 }
 
@@ -44,6 +45,7 @@ pub fn phase(name: &str, steps: Vec<Step>) -> Phase {
         name: name.to_string(),
         gap: None,
         timeout: None,
+        expect_duration: None,
         steps,
     }
 }
