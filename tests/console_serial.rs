@@ -279,3 +279,32 @@ async fn a_missing_adapter_is_reported_not_hung_on() {
         "one note, not one per retry: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_builds_a_serial_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = PtyLink::start(dir.path());
+    let conn = aplab::model::inventory::ConsoleConn::Serial {
+        device: dir.path().join("console"),
+        baud: 115_200,
+    };
+    let log = dir.path().join("run/pc01/console.log");
+    let console = aplab::device::console::from_inventory(&conn, log.clone()).unwrap();
+    assert_eq!(console.log_path(), log);
+    let mut device = link.device();
+    // The reader may still be opening the port: keep greeting until it is heard.
+    let greeting = [re("hello from pc01")];
+    let start = Instant::now();
+    let found = loop {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the console never heard the device"
+        );
+        device.write_all(b"hello from pc01\n").unwrap();
+        match console.expect(&greeting, Duration::from_millis(200)).await {
+            Ok(found) => break found,
+            Err(e) => assert!(log.exists(), "{e:?}"),
+        }
+    };
+    assert_eq!(found.text, "hello from pc01");
+}

@@ -104,3 +104,23 @@ async fn refused_credentials_are_a_config_error() {
     assert_eq!(err.code.as_deref(), Some("HTTP 403"));
     assert!(err.hint.unwrap().contains("user `admin`"));
 }
+
+#[test]
+fn the_inventory_needs_a_resolved_password() {
+    use aplab::model::inventory::{KeyboardConn, PikvmConn, SecretRef};
+    let conn = KeyboardConn::Pikvm(PikvmConn {
+        url: "http://127.0.0.1:9".into(),
+        user: "admin".into(),
+        password: SecretRef::Env("KVM_PASSWORD".into()),
+        verify_tls: false,
+    });
+    let err = aplab::device::keyboard::from_inventory(&conn, None)
+        .err()
+        .unwrap();
+    assert_eq!(err.class, FailureClass::Config);
+    assert!(
+        err.message
+            .contains("no password resolved for the PiKVM at http://127.0.0.1:9")
+    );
+    assert!(aplab::device::keyboard::from_inventory(&conn, Some("pw".into())).is_ok());
+}

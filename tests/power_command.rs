@@ -78,3 +78,18 @@ async fn failures_say_which_command_and_why() {
             .starts_with("power state did not change to Off within 1s")
     );
 }
+
+#[tokio::test]
+async fn the_inventory_builds_a_command_controller() {
+    let conn = aplab::model::inventory::PowerConn::Command {
+        on: "true".into(),
+        off: "true".into(),
+        cycle: None,
+        state: Some("echo OFF".into()),
+    };
+    let power = aplab::device::power::from_inventory(&conn, None).unwrap();
+    assert_eq!(
+        power.state().await.unwrap(),
+        ReadBack::Confirmed(PowerState::Off)
+    );
+}

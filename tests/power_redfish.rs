@@ -157,8 +157,9 @@ async fn actions_are_read_back_through_transitions() {
             &format!("POST 1 ForceOff {auth}")
         ]
     );
-    // Each action was followed by reads through the transition (2 polls) to the state.
-    assert!(requests.iter().filter(|r| r.starts_with("GET")).count() >= 1 + 3 * 3);
+    // The first read, then per action two reads in transition and one of the new state.
+    let gets = requests.iter().filter(|r| r.starts_with("GET")).count();
+    assert_eq!(gets, 1 + 3 * 3);
 }
 
 #[tokio::test]

@@ -49,6 +49,9 @@ use tokio::task::JoinHandle;
 use super::{Console, ConsoleMatch, DeviceError, DeviceResult};
 use crate::model::inventory::ConsoleConn;
 
+/// The longest a single `send` may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A byte stream to a console: a serial port, a TCP socket, a telnet session.
 pub trait LinkStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> LinkStream for T {}
@@ -188,7 +191,7 @@ impl LinkConsole {
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(reader_gone()),
-                Err(_) => return Err(self.link_down_error(timeout).unwrap_or_else(reader_gone)),
+                Err(_) => return self.link_down_error(timeout).map_or(Ok(()), Err),
             }
         }
     }
@@ -299,11 +302,19 @@ impl Console for LinkConsole {
                     .with_hint(self.shared.link.hint()),
             );
         };
-        let result = async {
+        // Bounded, so a wedged port (flow control held off) cannot stall the reader,
+        // which needs this lock to record a drop.
+        let write = async {
             w.write_all(bytes).await?;
             w.flush().await
-        }
-        .await;
+        };
+        let result = match tokio::time::timeout(SEND_TIMEOUT, write).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the link took more than {SEND_TIMEOUT:?}"),
+            )),
+        };
         result.map_err(|e| {
             DeviceError::infrastructure(format!("cannot send to console {link}: {e}"))
                 .with_hint(self.shared.link.hint())
