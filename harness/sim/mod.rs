@@ -6,3 +6,4 @@
 //! hardware and cannot tell the difference.
 
 pub mod clock;
+pub mod enrollment;
