@@ -633,3 +633,65 @@ impl Ch9329 {
         }
     }
 }
+
+// ----- flows ----------------------------------------------------------------------------
+
+/// Windows 11, CH9329: power on, Windows key x5, pre-provision, Next, Next, Provision.
+pub async fn provision_win11(rig: &Rig, kb: &mut Ch9329, id: &str) {
+    if rig.power_state(id).await.1.as_deref() != Some("On") {
+        assert_eq!(rig.redfish_reset(id, "On").await, 204);
+    }
+    rig.wait_screen(id, "Let's start with region").await;
+    kb.windows_x5();
+    rig.wait_screen(id, "What would you like to do?").await;
+    kb.tap(0, hid::ENTER);
+    rig.wait_screen(id, "Pre-provision with Windows Autopilot")
+        .await;
+    kb.tap(0, hid::ENTER);
+    rig.wait_screen(id, "Windows Autopilot Configuration").await;
+    kb.tap(0, hid::ENTER);
+}
+
+/// The technician flow to its success screen, then Reseal, waiting for power off.
+pub async fn technician_success(rig: &Rig, kb: &mut Ch9329, id: &str) {
+    provision_win11(rig, kb, id).await;
+    rig.wait_screen(id, "pre-provisioning succeeded").await;
+    kb.tap(0, hid::ENTER);
+    rig.wait_power(id, "Off").await;
+}
+
+/// The user flow's first screens (region, keyboard, skip, network).
+pub async fn user_flow_to_sign_in(rig: &Rig, kb: &mut Ch9329, id: &str) {
+    assert_eq!(rig.redfish_reset(id, "On").await, 204);
+    rig.wait_screen(id, "Let's start with region").await;
+    kb.tap(0, hid::ENTER);
+    rig.wait_screen(id, "right keyboard layout").await;
+    kb.tap(0, hid::ENTER);
+    rig.wait_screen(id, "second keyboard layout").await;
+    kb.tap(0, hid::ENTER);
+    rig.wait_screen(id, "connect you to a network").await;
+    kb.tap(0, hid::ENTER);
+}
+
+/// Entra sign-in with alice's real password.
+pub async fn entra_sign_in(rig: &Rig, kb: &mut Ch9329, id: &str) {
+    rig.wait_screen(id, "Sign in with your work or school account")
+        .await;
+    kb.type_text("alice@contoso.lab");
+    kb.tap(0, hid::ENTER);
+    rig.wait_screen(id, "Enter password").await;
+    kb.type_text(&rig.secret("alice-password"));
+    kb.tap(0, hid::ENTER);
+}
+
+/// One device with a PTY console and a CH9329 keyboard, plus the rig.
+pub async fn one_device(
+    scale: f64,
+    opts: DeviceOpts,
+    register: impl FnOnce(&mut TestTenant),
+) -> (Rig, ConsoleReader, Ch9329) {
+    let rig = Rig::start(scale, vec![("pc01", opts)], register).await;
+    let console = ConsoleReader::open(&rig.path("devices/pc01/console"));
+    let kb = Ch9329::open(&rig.path("devices/pc01/ch9329"));
+    (rig, console, kb)
+}
