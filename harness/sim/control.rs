@@ -95,12 +95,12 @@ fn bad(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn find(c: &Control, id: &str) -> Result<Arc<Device>, Response> {
+fn find(c: &Control, id: &str) -> Result<Arc<Device>, Box<Response>> {
     c.devices.get(id).cloned().ok_or_else(|| {
-        bad(
+        Box::new(bad(
             StatusCode::NOT_FOUND,
             format!("no device {id:?} in this lab"),
-        )
+        ))
     })
 }
 
@@ -109,9 +109,9 @@ struct By {
     by: Option<String>,
 }
 
-fn parse_by(q: &By) -> Result<Duration, Response> {
+fn parse_by(q: &By) -> Result<Duration, Box<Response>> {
     let text = q.by.as_deref().unwrap_or("");
-    parse_duration(text).map_err(|e| bad(StatusCode::BAD_REQUEST, format!("by: {e}")))
+    parse_duration(text).map_err(|e| Box::new(bad(StatusCode::BAD_REQUEST, format!("by: {e}"))))
 }
 
 async fn list(State(c): State<Control>) -> Response {
@@ -131,25 +131,25 @@ async fn show(State(c): State<Control>, Path(id): Path<String>) -> Response {
             "serial_up": d.serial_up(),
         }))
         .into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn screen(State(c): State<Control>, Path(id): Path<String>) -> Response {
     match find(&c, &id) {
         Ok(d) => render::text(&d.view()).into_response(),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn age(State(c): State<Control>, Path(id): Path<String>, Query(q): Query<By>) -> Response {
     let device = match find(&c, &id) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let by = match parse_by(&q) {
         Ok(by) => by,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if device.age(by) {
         StatusCode::NO_CONTENT.into_response()
@@ -172,7 +172,7 @@ async fn advance(State(c): State<Control>, Query(q): Query<By>) -> Response {
             c.clock.advance(by);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -183,7 +183,7 @@ async fn inject(
 ) -> Response {
     let device = match find(&c, &id) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let spec = match body {
         Ok(Json(spec)) => spec,
@@ -204,6 +204,6 @@ async fn clear(State(c): State<Control>, Path(id): Path<String>) -> Response {
             d.clear_faults();
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }

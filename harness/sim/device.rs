@@ -1277,7 +1277,7 @@ impl Device {
             ScreenId::EntraPassword => {
                 let org = self.organization(&st);
                 View::new(Tint::Oobe, "Enter password")
-                    .line(format!("{org}"))
+                    .line(org.clone())
                     .line(st.pending_upn.clone().unwrap_or_default())
             }
             ScreenId::LocalAccount => View::new(Tint::Oobe, "Who's going to use this device?"),

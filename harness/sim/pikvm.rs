@@ -66,35 +66,43 @@ fn ok(result: Value) -> Response {
 }
 
 /// The device behind `prefix`, if the request carries its credentials.
-fn authorize<'a>(kvms: &'a Kvms, prefix: &str, headers: &HeaderMap) -> Result<&'a Kvm, Response> {
+fn authorize<'a>(
+    kvms: &'a Kvms,
+    prefix: &str,
+    headers: &HeaderMap,
+) -> Result<&'a Kvm, Box<Response>> {
     let kvm = kvms.by_prefix.get(prefix).ok_or_else(|| {
-        fail(
+        Box::new(fail(
             StatusCode::NOT_FOUND,
             "NotFoundError",
             &format!("no KVM at /{prefix}"),
-        )
+        ))
     })?;
     let user = headers.get("X-KVMD-User").and_then(|v| v.to_str().ok());
     let password = headers.get("X-KVMD-Passwd").and_then(|v| v.to_str().ok());
     if user != Some(kvm.user.as_str()) || password != Some(kvm.password.as_str()) {
-        return Err(fail(
+        return Err(Box::new(fail(
             StatusCode::UNAUTHORIZED,
             "UnauthorizedError",
             "Unauthorized: check X-KVMD-User and X-KVMD-Passwd",
-        ));
+        )));
     }
     Ok(kvm)
 }
 
 /// ATX requests go through the KVM's power controller, which may be failing.
-fn atx_device<'a>(kvms: &'a Kvms, prefix: &str, headers: &HeaderMap) -> Result<&'a Kvm, Response> {
+fn atx_device<'a>(
+    kvms: &'a Kvms,
+    prefix: &str,
+    headers: &HeaderMap,
+) -> Result<&'a Kvm, Box<Response>> {
     let kvm = authorize(kvms, prefix, headers)?;
     if kvm.device.power_request_fails() {
-        return Err(fail(
+        return Err(Box::new(fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             "AtxOperationError",
             "ATX operation failed",
-        ));
+        )));
     }
     Ok(kvm)
 }
@@ -109,7 +117,7 @@ async fn atx_state(
             let on = kvm.device.powered();
             ok(json!({ "enabled": true, "busy": false, "leds": { "power": on, "hdd": on } }))
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -126,7 +134,7 @@ async fn atx_power(
 ) -> Response {
     let kvm = match atx_device(&kvms, &prefix, &headers) {
         Ok(kvm) => kvm,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let d = &kvm.device;
     match q.action.as_deref().unwrap_or("") {
@@ -158,7 +166,7 @@ async fn atx_click(
 ) -> Response {
     let kvm = match atx_device(&kvms, &prefix, &headers) {
         Ok(kvm) => kvm,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let d = &kvm.device;
     match q.button.as_deref().unwrap_or("") {
@@ -187,7 +195,7 @@ async fn hid_state(
             let online = kvm.device.powered();
             ok(json!({ "online": online, "keyboard": { "online": online } }))
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -205,7 +213,7 @@ async fn send_key(
 ) -> Response {
     let kvm = match authorize(&kvms, &prefix, &headers) {
         Ok(kvm) => kvm,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let name = q.key.unwrap_or_default();
     let Some(usage) = keys::pikvm_usage(&name) else {
@@ -260,7 +268,7 @@ async fn print(
 ) -> Response {
     let kvm = match authorize(&kvms, &prefix, &headers) {
         Ok(kvm) => kvm,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         return fail(
@@ -288,7 +296,7 @@ async fn snapshot(
 ) -> Response {
     let kvm = match authorize(&kvms, &prefix, &headers) {
         Ok(kvm) => kvm,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !kvm.device.powered() {
         return fail(

@@ -50,20 +50,20 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn lookup(systems: &Systems, id: &str) -> Result<Arc<Device>, Response> {
+fn lookup(systems: &Systems, id: &str) -> Result<Arc<Device>, Box<Response>> {
     let device = systems.get(id).cloned().ok_or_else(|| {
-        error(
+        Box::new(error(
             StatusCode::NOT_FOUND,
             "ResourceMissingAtURI",
             &format!("no system {id:?} on this BMC"),
-        )
+        ))
     })?;
     if device.power_request_fails() {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
             "The BMC could not complete the request.",
-        ));
+        )));
     }
     Ok(device)
 }
@@ -94,7 +94,7 @@ async fn collection(State(systems): State<Systems>) -> Json<Value> {
 async fn system(State(systems): State<Systems>, Path(id): Path<String>) -> Response {
     let device = match lookup(&systems, &id) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let spec = device.spec();
     let state = if device.powered() { "On" } else { "Off" };
@@ -123,7 +123,7 @@ async fn reset(
 ) -> Response {
     let device = match lookup(&systems, &id) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let kind = body
         .as_ref()
