@@ -18,7 +18,7 @@ pub enum JoinKind {
 }
 
 /// What the tenant hands a device that starts (or looks up) its enrollment.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Enrollment {
     /// The Autopilot identity id (the ZtdId), carried in the configuration screen's QR.
     pub ztd_id: String,

@@ -120,11 +120,26 @@ impl LabHandle {
 pub struct Lab;
 
 impl Lab {
-    /// Starts the lab. Must run inside a tokio runtime.
+    /// Starts the lab with its own clock. Must run inside a tokio runtime.
     pub async fn start(
         inventory: &Inventory,
         tenant: Arc<Mutex<dyn TenantView>>,
     ) -> Result<LabHandle, LabError> {
+        let scale = inventory
+            .lab
+            .virtual_lab
+            .as_ref()
+            .map_or(1.0, |v| v.time_scale);
+        Self::start_with_clock(inventory, Arc::new(LabClock::new(scale)), tenant).await
+    }
+
+    /// Starts the lab on a clock it shares with the tenant (so both see the same lab time).
+    pub async fn start_with_clock(
+        inventory: &Inventory,
+        clock: Arc<LabClock>,
+        tenant: Arc<Mutex<dyn TenantView>>,
+    ) -> Result<LabHandle, LabError> {
+        ensure_secrets(inventory)?;
         let base = inventory
             .source
             .parent()
@@ -151,7 +166,6 @@ impl Lab {
             state_dir: state_dir.clone(),
             resolve: &resolve,
         };
-        let clock = Arc::new(LabClock::new(virtual_lab.time_scale));
         let runtime = tokio::runtime::Handle::current();
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -353,6 +367,77 @@ impl Lab {
             state_dir,
         })
     }
+}
+
+/// Creates, with random values, every file secret under the state dir that does not exist
+/// yet (the lab's first start), so the tenant and the harness can read them.
+pub fn ensure_secrets(inventory: &Inventory) -> Result<(), LabError> {
+    let base = inventory
+        .source
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let resolve = |p: &Path| -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let Some(virtual_lab) = &inventory.lab.virtual_lab else {
+        return Err(LabError::NotVirtual(inventory.source.clone()));
+    };
+    let secrets = Secrets {
+        state_dir: resolve(&virtual_lab.state_dir),
+        resolve: &resolve,
+    };
+    let mut refs: Vec<(String, &SecretRef)> = Vec::new();
+    for (name, t) in &inventory.tenants {
+        match &t.credential {
+            crate::model::inventory::Credential::ClientSecret(s) => {
+                refs.push((format!("tenant {name} client secret"), s))
+            }
+            crate::model::inventory::Credential::Certificate { key, .. } => {
+                refs.push((format!("tenant {name} certificate key"), key))
+            }
+        }
+        for (user, u) in &t.users {
+            for s in [&u.password, &u.ad_password].into_iter().flatten() {
+                refs.push((format!("tenant {name} user {user} password"), s));
+            }
+        }
+    }
+    for d in &inventory.devices {
+        let kvms = [
+            match &d.power {
+                Some(PowerConn::Pikvm(k)) => Some(k),
+                _ => None,
+            },
+            match &d.keyboard {
+                Some(KeyboardConn::Pikvm(k)) => Some(k),
+                _ => None,
+            },
+            match &d.screen {
+                Some(ScreenConn::Pikvm(k)) => Some(k),
+                None => None,
+            },
+        ];
+        for k in kvms.into_iter().flatten() {
+            refs.push((format!("PiKVM password for {}", d.id), &k.password));
+        }
+        if let Some(PowerConn::Redfish {
+            password: Some(s), ..
+        }) = &d.power
+        {
+            refs.push((format!("Redfish password for {}", d.id), s));
+        }
+    }
+    for (what, secret) in refs {
+        if matches!(secret, SecretRef::File(_)) {
+            secrets.value(secret, &what)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads secrets; a file secret under the state dir that does not exist yet is created
