@@ -31,7 +31,8 @@ async fn attestation_timeout_fails_securing_hardware_0x800705b4() {
         .await;
     // It hung for the attestation timeout (20 lab minutes), not a moment.
     let line = text.lines().find(|l| l.contains("result=failure")).unwrap();
-    assert!(line.contains("elapsed=00:2"), "{line}");
+    let secs = elapsed_secs(line);
+    assert!((20 * 60..35 * 60).contains(&secs), "{line}");
     rig.stop().await;
 }
 

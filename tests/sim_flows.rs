@@ -19,16 +19,6 @@ fn qr_payload(png_bytes: &[u8]) -> String {
     grids[0].decode().unwrap().1
 }
 
-/// Lab seconds of an `elapsed=HH:MM:SS` field.
-fn elapsed(line: &str) -> u64 {
-    let at = line.find("elapsed=").unwrap() + "elapsed=".len();
-    let parts: Vec<u64> = line[at..at + 8]
-        .split(':')
-        .map(|p| p.parse().unwrap())
-        .collect();
-    parts[0] * 3600 + parts[1] * 60 + parts[2]
-}
-
 /// Drives a Windows 11 device from power-on to the configuration screen with CH9329.
 async fn to_configuration_win11(rig: &Rig, kb: &mut Ch9329, id: &str) -> String {
     assert_eq!(rig.redfish_reset(id, "On").await, 204);
@@ -102,7 +92,7 @@ async fn technician_then_user_flow_entra_by_raw_protocols() {
     assert!(!text.contains("AccountSetup"));
     // Latitude profile: 3+2+1.5+4+5+3+1+22 = 41.5 minutes of lab time.
     let line = text.lines().find(|l| l.contains("result=success")).unwrap();
-    let secs = elapsed(line);
+    let secs = elapsed_secs(line);
     assert!(
         (2490..2490 + 600).contains(&secs),
         "elapsed {secs}s in {line}"

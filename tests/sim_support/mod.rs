@@ -695,3 +695,13 @@ pub async fn one_device(
     let kb = Ch9329::open(&rig.path("devices/pc01/ch9329"));
     (rig, console, kb)
 }
+
+/// Lab seconds of the `elapsed=HH:MM:SS` field of a console line.
+pub fn elapsed_secs(line: &str) -> u64 {
+    let at = line.find("elapsed=").expect("elapsed= field") + "elapsed=".len();
+    let parts: Vec<u64> = line[at..at + 8]
+        .split(':')
+        .map(|p| p.parse().expect("HH:MM:SS"))
+        .collect();
+    parts[0] * 3600 + parts[1] * 60 + parts[2]
+}
