@@ -26,6 +26,12 @@ async fn user_flow_sooner_than_90_minutes_fails_with_the_token_error() {
         .wait_for("AUTOPILOT: userflow result=failure code=0xCAA5001C")
         .await;
     assert!(text.contains("ESP: AccountSetup: AccountPolicies failed 0xCAA5001C"));
+    // Waiting out the 90 minutes and pressing Retry (focused) gets through.
+    rig.age("pc01", "2h").await;
+    kb.tap(0, hid::ENTER);
+    console.wait_for("AUTOPILOT: userflow result=success").await;
+    rig.wait_screen("pc01", "Signed in: alice@contoso.lab")
+        .await;
     rig.stop().await;
 }
 

@@ -619,11 +619,25 @@ impl Device {
                 self.start_shutdown(st, "reseal");
             }
             (Failure, "Retry") => {
-                let flow = st.failure.as_ref().map_or(Flow::Technician, |f| f.flow);
-                if flow == Flow::Technician {
-                    st.technician_started_at = self.now();
+                let (flow, step) = st
+                    .failure
+                    .as_ref()
+                    .map_or((Flow::Technician, EspStep::SecuringHardware), |f| {
+                        (f.flow, f.step)
+                    });
+                match flow {
+                    Flow::Technician => {
+                        st.technician_started_at = self.now();
+                        self.start_esp(st, flow);
+                    }
+                    // The hybrid domain check happens before the reboot: start over there.
+                    Flow::User if step == EspStep::JoiningNetwork => self.start_user_flow(st),
+                    Flow::User => {
+                        // A later attempt is judged on the time of that attempt.
+                        self.decide_timing_rules(st);
+                        self.start_esp(st, flow);
+                    }
                 }
-                self.start_esp(st, flow);
             }
             (Failure, "Reset") => {
                 self.say(st, "OOBE: reset this PC");
@@ -784,13 +798,7 @@ impl Device {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .user_flow_started(&serial, now);
-        // The two timing rules are facts about this device's history, decided now.
-        let since = st
-            .disk
-            .technician_completed_at
-            .map(|at| now.saturating_sub(at));
-        st.token_too_fresh = since.is_some_and(|gap| gap < TOKEN_GAP);
-        st.ime_expired = since.is_some_and(|gap| gap > IME_LIMIT);
+        let since = self.decide_timing_rules(st);
         self.say(
             st,
             &format!(
@@ -840,6 +848,19 @@ impl Device {
                 }
             }
         }
+    }
+
+    /// The two timing rules are facts about this device's history, decided when the user
+    /// flow starts: returns how long ago the technician flow finished.
+    fn decide_timing_rules(&self, st: &mut State) -> Option<Duration> {
+        let now = self.now();
+        let since = st
+            .disk
+            .technician_completed_at
+            .map(|at| now.saturating_sub(at));
+        st.token_too_fresh = since.is_some_and(|gap| gap < TOKEN_GAP);
+        st.ime_expired = since.is_some_and(|gap| gap > IME_LIMIT);
+        since
     }
 
     // ----- ESP -----------------------------------------------------------------------
