@@ -171,7 +171,7 @@ pub async fn serve(device: Arc<Device>, pty: Pty, address: u8, mut stop: watch::
                 device.press(key);
             }
             if let Some(reply) = reply {
-                let _ = pty.write(&reply, Duration::from_millis(500)).await;
+                let _ = pty.write(&reply, Duration::from_millis(100)).await;
             }
         }
     }

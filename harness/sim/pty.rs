@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+use nix::sys::termios::{FlushArg, SetArg, cfmakeraw, tcflush, tcgetattr, tcsetattr};
 use tokio::io::unix::AsyncFd;
 
 pub struct Pty {
@@ -63,11 +63,14 @@ impl Pty {
     }
 
     /// Writes bytes towards the harness. A serial line with nobody reading loses bytes:
-    /// if the PTY stays full for `patience`, the rest is dropped.
+    /// if the PTY stays full for `patience`, the unread backlog is discarded (so a reader
+    /// that opens the port later does not get a burst of stale lines) and the rest of
+    /// these bytes is dropped.
     pub async fn write(&self, mut bytes: &[u8], patience: Duration) -> io::Result<()> {
         while !bytes.is_empty() {
             let ready = tokio::time::timeout(patience, self.master.writable()).await;
             let Ok(guard) = ready else {
+                let _ = tcflush(&self._slave, FlushArg::TCIFLUSH);
                 return Ok(());
             };
             let mut guard = guard?;
@@ -87,5 +90,50 @@ impl Drop for Pty {
     fn drop(&mut self) {
         // Leave nothing behind: the link would point at a PTY that no longer exists.
         let _ = std::fs::remove_file(&self.link);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    #[tokio::test]
+    async fn an_unread_port_drops_its_backlog_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("devices/pc01/console");
+        let pty = Pty::open(&link).unwrap();
+        let chunk = vec![b'x'; 1024];
+        // 256 KiB with nobody reading: more than the PTY holds. Must not hang.
+        for _ in 0..256 {
+            pty.write(&chunk, Duration::from_millis(20)).await.unwrap();
+        }
+        pty.write(b"fresh\n", Duration::from_millis(20))
+            .await
+            .unwrap();
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_flags())
+            .open(&link)
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        assert!(got.ends_with(b"fresh\n"), "the newest line arrives");
+        assert!(got.len() < 256 * 1024, "stale backlog was discarded");
+        drop(pty);
+        assert!(std::fs::symlink_metadata(&link).is_err(), "link removed");
+    }
+
+    fn libc_flags() -> i32 {
+        (OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits()
     }
 }

@@ -23,7 +23,7 @@ pub async fn serve_pty(device: Arc<Device>, pty: Pty, mut stop: watch::Receiver<
         tokio::select! {
             line = lines.recv() => match line {
                 Ok(line) => {
-                    if pty.write(line.as_bytes(), Duration::from_millis(500)).await.is_err() {
+                    if pty.write(line.as_bytes(), Duration::from_millis(100)).await.is_err() {
                         break;
                     }
                 }
