@@ -12,7 +12,10 @@ use serde_json::json;
 use super::exit;
 use crate::sim::clock::LabClock;
 use crate::sim::enrollment::TenantView;
-use crate::sim::lab::{Lab, ensure_secrets};
+use crate::sim::lab::{Lab, LabHandle, ensure_secrets};
+use crate::sim::snapshot::ShellTarget;
+use crate::sim::ssh::{SshEndpoint, prepare_lab_shells};
+use crate::sim::swtpm::{self, EkCertificate, Swtpm, SwtpmDevice, TpmCas};
 use crate::sim::tenant::{Settings, SimTenant, TenantState};
 
 #[derive(Debug, Args)]
@@ -104,6 +107,14 @@ fn up(path: PathBuf, as_json: bool) -> ExitCode {
                 return ExitCode::from(exit::INFRASTRUCTURE);
             }
         };
+        let (shells, tpms) = match start_shells_and_tpms(&inventory, &lab).await {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!("error: {e}");
+                lab.shutdown().await;
+                return ExitCode::from(exit::INFRASTRUCTURE);
+            }
+        };
         let tenant_url = server.as_ref().map(|s| s.url());
         if as_json {
             let doc = json!({
@@ -113,6 +124,8 @@ fn up(path: PathBuf, as_json: bool) -> ExitCode {
                 "tenant": tenant_url,
                 "devices": lab.devices().keys().collect::<Vec<_>>(),
                 "endpoints": lab.endpoints(),
+                "ssh": shells.iter().map(|(id, port, _)| json!({"device": id, "address": format!("127.0.0.1:{port}")})).collect::<Vec<_>>(),
+                "tpm": tpms.iter().map(|(id, t)| json!({"device": id, "tcti": t.tcti()})).collect::<Vec<_>>(),
             });
             println!("{doc}");
         } else {
@@ -134,9 +147,21 @@ fn up(path: PathBuf, as_json: bool) -> ExitCode {
                     e.address
                 );
             }
+            for (id, port, _) in &shells {
+                println!("  {id:<8} {:<24} 127.0.0.1:{port}", "shell (SSH)");
+            }
+            for (id, t) in &tpms {
+                println!("  {id:<8} {:<24} {}", "TPM (swtpm)", t.tcti());
+            }
             println!("running; stop with Ctrl-C or SIGTERM");
         }
         let stopped = wait_for_stop().await;
+        for (_, _, shell) in shells {
+            shell.shutdown().await;
+        }
+        for (_, tpm) in tpms {
+            tpm.shutdown();
+        }
         lab.shutdown().await;
         drop(server);
         match stopped {
@@ -156,4 +181,40 @@ async fn wait_for_stop() -> std::io::Result<()> {
         r = tokio::signal::ctrl_c() => r,
         _ = term.recv() => Ok(()),
     }
+}
+
+type Shells = Vec<(String, u16, SshEndpoint)>;
+type Tpms = Vec<(String, Swtpm)>;
+
+/// Each device's SSH server (answering from the device's own state) and swtpm.
+async fn start_shells_and_tpms(
+    inventory: &crate::model::inventory::Inventory,
+    lab: &LabHandle,
+) -> Result<(Shells, Tpms), String> {
+    let mut shells = Vec::new();
+    for plan in prepare_lab_shells(inventory).map_err(|e| e.to_string())? {
+        let id = plan.device.id.clone();
+        let port = plan.device.port;
+        let Some(device) = lab.device(&id) else {
+            continue;
+        };
+        let target: Arc<dyn ShellTarget> = Arc::clone(device) as Arc<dyn ShellTarget>;
+        shells.push((id, port, plan.start(target)));
+    }
+    let mut tpm_devices: Vec<SwtpmDevice> = Vec::new();
+    for d in &inventory.devices {
+        if let Some(tpm) = SwtpmDevice::from_inventory(inventory, d, EkCertificate::LabCa) {
+            tpm_devices.push(tpm.map_err(|e| e.to_string())?);
+        }
+    }
+    let mut tpms = Vec::new();
+    if let (false, Some(cas)) = (tpm_devices.is_empty(), TpmCas::from_inventory(inventory)) {
+        swtpm::provision_all(&tpm_devices, &cas)
+            .await
+            .map_err(|e| e.to_string())?;
+        for d in &tpm_devices {
+            tpms.push((d.id.clone(), Swtpm::start(d).map_err(|e| e.to_string())?));
+        }
+    }
+    Ok((shells, tpms))
 }

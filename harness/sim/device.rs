@@ -1404,6 +1404,13 @@ impl Device {
             wlidsvc_disabled: st.disk.wlidsvc_disabled,
             signed_in_user: st.disk.signed_in_user.clone(),
             apps_pending: st.disk.apps_pending,
+            tenant_domain: enrollment.and_then(|_| {
+                self.wiring
+                    .accounts
+                    .iter()
+                    .find_map(|a| a.upn.split_once('@').map(|(_, d)| d.to_string()))
+            }),
+            now: self.now(),
         }
     }
 }

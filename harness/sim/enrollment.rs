@@ -97,4 +97,8 @@ pub struct WindowsSnapshot {
     pub signed_in_user: Option<String>,
     /// Device-targeted apps still installing (ESP disabled lets Reseal come early).
     pub apps_pending: bool,
+    /// The tenant's domain (from its users' UPNs), once the device is enrolled.
+    pub tenant_domain: Option<String>,
+    /// Lab time of the snapshot.
+    pub now: LabTime,
 }
