@@ -29,7 +29,12 @@ pub enum LabCommand {
     /// Start the virtual lab and keep it running until SIGTERM or Ctrl-C.
     Up {
         /// The lab inventory (must have a `lab.virtual` block).
-        #[arg(long, short, env = "APLAB_INVENTORY", default_value = "lab-inventory.yaml")]
+        #[arg(
+            long,
+            short,
+            env = "APLAB_INVENTORY",
+            default_value = "lab-inventory.yaml"
+        )]
         inventory: PathBuf,
         /// Print the endpoints as JSON.
         #[arg(long)]
@@ -58,7 +63,10 @@ fn up(path: PathBuf, as_json: bool) -> ExitCode {
         );
         return ExitCode::from(exit::BAD_INPUT);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
