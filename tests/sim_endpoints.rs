@@ -512,3 +512,51 @@ async fn shutdown_leaves_only_the_state_dir_and_secrets_are_private() {
     }
     drop(tempdir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rereads_the_profile_and_atx_click_powers() {
+    let opts = DeviceOpts {
+        version: 10,
+        pikvm_keyboard: true,
+        ..DeviceOpts::default()
+    };
+    let rig = Rig::start(3000.0, vec![("pc01", opts)], entra).await;
+    let r = rig
+        .kvm_post("pc01", "/api/atx/click?button=power")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    rig.wait_screen("pc01", "Let's start with region").await;
+    for _ in 0..5 {
+        rig.key("pc01", "MetaLeft").await;
+    }
+    rig.wait_screen("pc01", "What would you like to do?").await;
+    rig.key("pc01", "ArrowDown").await;
+    rig.key("pc01", "Enter").await;
+    let config = rig
+        .wait_screen("pc01", "Windows Autopilot Configuration")
+        .await;
+    assert!(config.contains("User: None"), "{config}");
+    // The admin assigns a user in Intune; Refresh (Shift+Tab from Provision) shows it.
+    rig.tenant
+        .lock()
+        .unwrap()
+        .records
+        .get_mut("SNpc01")
+        .unwrap()
+        .enrollment
+        .assigned_user = Some("alice@contoso.lab".into());
+    rig.key("pc01", "ArrowLeft").await;
+    rig.key("pc01", "Enter").await;
+    rig.wait_screen("pc01", "User: alice@contoso.lab").await;
+    // A long press on power cuts it.
+    let r = rig
+        .kvm_post("pc01", "/api/atx/click?button=power_long")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    rig.wait_power("pc01", "Off").await;
+    rig.stop().await;
+}

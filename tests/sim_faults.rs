@@ -20,8 +20,16 @@ fn entra(t: &mut TestTenant) {
 async fn attestation_timeout_fails_securing_hardware_0x800705b4() {
     let mut opts = DeviceOpts::default();
     opts.sim.faults = vec![Fault::AttestationTimeout];
-    let (rig, console, mut kb) = one_device(3000.0, opts, entra).await;
+    // Scale 600: the 20-minute hang lasts 2 s, long enough to watch the ESP screen.
+    let (rig, console, mut kb) = one_device(600.0, opts, entra).await;
     provision_win11(&rig, &mut kb, "pc01").await;
+    let esp = rig
+        .wait_screen("pc01", "Securing your hardware (Working on it...)")
+        .await;
+    assert!(esp.contains("Windows Autopilot pre-provisioning"), "{esp}");
+    assert!(esp.contains("Device preparation"), "{esp}");
+    assert!(esp.contains("  Apps (Waiting)"), "{esp}");
+    assert!(!esp.contains("Account setup"), "{esp}");
     let screen = rig.wait_screen("pc01", "Error code:").await;
     assert!(screen.contains("Step: Securing your hardware"), "{screen}");
     assert!(screen.contains("Error code: 0x800705B4"), "{screen}");
