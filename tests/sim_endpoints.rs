@@ -560,3 +560,49 @@ async fn refresh_rereads_the_profile_and_atx_click_powers() {
     rig.wait_power("pc01", "Off").await;
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redfish_checks_basic_auth_when_the_inventory_gives_credentials() {
+    let opts = DeviceOpts {
+        redfish_auth: true,
+        ..DeviceOpts::default()
+    };
+    let rig = Rig::start(3000.0, vec![("pc01", opts)], entra).await;
+    let url = format!(
+        "http://127.0.0.1:{}/redfish/v1/Systems/pc01",
+        rig.ports.redfish
+    );
+    let r = rig.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = rig
+        .http
+        .get(&url)
+        .basic_auth("root", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let password = rig.secret("bmc");
+    let r = rig
+        .http
+        .post(format!("{url}/Actions/ComputerSystem.Reset"))
+        .basic_auth("root", Some(&password))
+        .json(&json!({"ResetType": "On"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let body: serde_json::Value = rig
+        .http
+        .get(&url)
+        .basic_auth("root", Some(&password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["PowerState"], "On");
+    rig.stop().await;
+}

@@ -200,7 +200,8 @@ impl Lab {
 
         let mut devices = BTreeMap::new();
         let mut kvm_servers: BTreeMap<String, BTreeMap<String, Kvm>> = BTreeMap::new();
-        let mut redfish_servers: BTreeMap<String, BTreeMap<String, Arc<Device>>> = BTreeMap::new();
+        let mut redfish_servers: BTreeMap<String, BTreeMap<String, redfish::System>> =
+            BTreeMap::new();
         for spec in &inventory.devices {
             let tenant_cfg = spec.tenant.as_ref().and_then(|t| inventory.tenants.get(t));
             let wiring = Wiring {
@@ -296,12 +297,28 @@ impl Lab {
                 Some(PowerConn::Pikvm(k)) => {
                     add_kvm(&mut kvm_servers, k, &device, &secrets).map_err(endpoint_err)?
                 }
-                Some(PowerConn::Redfish { url, system, .. }) => {
+                Some(PowerConn::Redfish {
+                    url,
+                    system,
+                    user,
+                    password,
+                    ..
+                }) => {
                     let (authority, _) = split_url(url).map_err(endpoint_err)?;
-                    redfish_servers
-                        .entry(authority)
-                        .or_default()
-                        .insert(system.clone(), Arc::clone(&device));
+                    let credentials = match (user, password) {
+                        (Some(user), Some(secret)) => Some((
+                            user.clone(),
+                            secrets.value(secret, &format!("Redfish password for {id}"))?,
+                        )),
+                        _ => None,
+                    };
+                    redfish_servers.entry(authority).or_default().insert(
+                        system.clone(),
+                        redfish::System {
+                            device: Arc::clone(&device),
+                            credentials,
+                        },
+                    );
                 }
                 Some(other) => {
                     return Err(endpoint_err(format!(

@@ -2,6 +2,8 @@
 //! (the inventory's `system` id). `PowerState` reads back; `ComputerSystem.Reset` takes
 //! `On`, `ForceOff`, `GracefulShutdown`, `ForceRestart`, `PowerCycle`. While the
 //! `PowerControllerFails` fault lasts, every request about that system answers 500.
+//! When the inventory gives the BMC a user and password, requests about the system need
+//! them as HTTP Basic auth (401 otherwise), as on a real BMC.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,15 +11,21 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::device::Device;
 
-/// System id -> device.
-pub type Systems = Arc<BTreeMap<String, Arc<Device>>>;
+/// One system on the BMC, with the credentials it expects (if any).
+pub struct System {
+    pub device: Arc<Device>,
+    pub credentials: Option<(String, String)>,
+}
+
+/// System id -> system.
+pub type Systems = Arc<BTreeMap<String, System>>;
 
 pub const RESET_TYPES: [&str; 5] = [
     "On",
@@ -50,14 +58,45 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn lookup(systems: &Systems, id: &str) -> Result<Arc<Device>, Box<Response>> {
-    let device = systems.get(id).cloned().ok_or_else(|| {
+fn authorized(system: &System, headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    let Some((user, password)) = &system.credentials else {
+        return true;
+    };
+    let Some(encoded) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    decoded == format!("{user}:{password}").as_bytes()
+}
+
+fn lookup(systems: &Systems, id: &str, headers: &HeaderMap) -> Result<Arc<Device>, Box<Response>> {
+    let system = systems.get(id).ok_or_else(|| {
         Box::new(error(
             StatusCode::NOT_FOUND,
             "ResourceMissingAtURI",
             &format!("no system {id:?} on this BMC"),
         ))
     })?;
+    if !authorized(system, headers) {
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "InsufficientPrivilege",
+            "Authentication failed: check the BMC user and password in the inventory",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Basic realm=\"Redfish\""),
+        );
+        return Err(Box::new(response));
+    }
+    let device = Arc::clone(&system.device);
     if device.power_request_fails() {
         return Err(Box::new(error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -91,8 +130,12 @@ async fn collection(State(systems): State<Systems>) -> Json<Value> {
     }))
 }
 
-async fn system(State(systems): State<Systems>, Path(id): Path<String>) -> Response {
-    let device = match lookup(&systems, &id) {
+async fn system(
+    State(systems): State<Systems>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let device = match lookup(&systems, &id, &headers) {
         Ok(d) => d,
         Err(r) => return *r,
     };
@@ -119,9 +162,10 @@ async fn system(State(systems): State<Systems>, Path(id): Path<String>) -> Respo
 async fn reset(
     State(systems): State<Systems>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Option<Json<Value>>,
 ) -> Response {
-    let device = match lookup(&systems, &id) {
+    let device = match lookup(&systems, &id, &headers) {
         Ok(d) => d,
         Err(r) => return *r,
     };

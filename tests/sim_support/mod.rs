@@ -129,6 +129,8 @@ pub struct DeviceOpts {
     /// Keyboard through PiKVM instead of CH9329.
     pub pikvm_keyboard: bool,
     pub tpm_family: Option<&'static str>,
+    /// The BMC wants user `root` and the password in `secrets/bmc`.
+    pub redfish_auth: bool,
 }
 
 impl Default for DeviceOpts {
@@ -146,6 +148,7 @@ impl Default for DeviceOpts {
             tcp_console: None,
             pikvm_keyboard: false,
             tpm_family: Some("2.0"),
+            redfish_auth: false,
         }
     }
 }
@@ -209,8 +212,8 @@ pub fn inventory(
             power: Some(PowerConn::Redfish {
                 url: format!("http://127.0.0.1:{}", ports.redfish),
                 system: id.clone(),
-                user: None,
-                password: None,
+                user: o.redfish_auth.then(|| "root".to_string()),
+                password: o.redfish_auth.then(|| secret("bmc")),
                 verify_tls: false,
             }),
             console: Some(match o.tcp_console {
