@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 pub mod devices;
 pub mod history;
 pub mod inputs;
+pub mod lab;
 pub mod run;
 pub mod status;
 
@@ -39,6 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// Run scenarios on the lab's devices (all of them by default: the nightly suite).
     Run(run::RunArgs),
+    /// The virtual lab: simulated devices behind real lab protocols.
+    Lab(lab::LabArgs),
     /// Finish an interrupted or crashed run from the ledger.
     Resume(run::ResumeArgs),
     /// Current and recent runs, devices with health, lease and lifecycle state.
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Devices(args) => devices::run(args),
         Command::History(args) => return history::run(args),
+        Command::Lab(args) => return lab::run(args),
     };
     ExitCode::from(code)
 }

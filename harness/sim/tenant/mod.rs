@@ -24,43 +24,8 @@ use super::clock::{LabClock, LabTime};
 mod http;
 use crate::model::inventory::{Credential, Fault, Inventory, SecretRef, SimDevice};
 
-// ---- The device side's view of the tenant (a copy of sim/enrollment.rs's contract) ----
-
-/// How the device joins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinKind {
-    Entra,
-    Hybrid,
-}
-
-/// What the device downloads when it enrolls: the configuration screen's contents.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Enrollment {
-    pub ztd_id: String,
-    pub profile_name: String,
-    pub organization: String,
-    pub assigned_user: Option<String>,
-    pub join: JoinKind,
-    pub esp_enabled: bool,
-}
-
-/// An enrollment refused, with the code Windows shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnrollError {
-    pub code: String,
-    pub message: String,
-}
-
-/// The tenant as a simulated device reaches it.
-pub trait TenantView: Send {
-    /// The technician flow asks to enroll (pre-provisioning).
-    fn begin_enrollment(&mut self, serial: &str, now: LabTime) -> Result<Enrollment, EnrollError>;
-    /// The profile the device would download, if any (no side effects).
-    fn profile_for(&self, serial: &str) -> Option<Enrollment>;
-    fn technician_completed(&mut self, serial: &str, now: LabTime);
-    fn user_flow_started(&mut self, serial: &str, now: LabTime);
-    fn user_flow_completed(&mut self, serial: &str, now: LabTime);
-}
+// The device side's view of the tenant: the seam is defined with the devices.
+pub use super::enrollment::{EnrollError, Enrollment, JoinKind, TenantView};
 
 // ---- State ----
 
