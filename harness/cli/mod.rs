@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod plan;
+pub mod validate;
+
 /// Exit codes, as DESIGN.md fixes them.
 pub mod exit {
     pub const PASSED: u8 = 0;
@@ -30,7 +33,12 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Check scenarios and the inventory; print every problem (exit 2 if any).
+    Validate(validate::Args),
+    /// Show which scenario case runs on which device, its phases, gaps and duration.
+    Plan(plan::Args),
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,7 +48,10 @@ pub fn main() -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::from(exit::BAD_INPUT);
     };
-    match command {}
+    match command {
+        Command::Validate(args) => validate::run(args),
+        Command::Plan(args) => plan::run(args),
+    }
 }
 
 fn init_tracing(verbose: u8) {

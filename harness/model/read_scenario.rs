@@ -351,8 +351,11 @@ impl Reader<'_> {
         Some(out)
     }
 
-    /// `when: {join: hybrid}`: axes and values must exist in the matrix.
-    fn when(&mut self, node: &Node) -> BTreeMap<String, String> {
+    /// `when: {join: hybrid}`: axes must exist in the matrix, and so must values written
+    /// in the scenario itself. A block may name values a scenario leaves out of its matrix
+    /// (the Windows 10 steps of a scenario that only runs Windows 11): those steps just
+    /// never run.
+    fn when(&mut self, node: &Node, in_block: bool) -> BTreeMap<String, String> {
         let Some(map) = string_map(node, "when", self.p) else {
             return BTreeMap::new();
         };
@@ -373,7 +376,7 @@ impl Reader<'_> {
                         None => problem.hint(format!("matrix axes: {}", axes.join(", "))),
                     };
                 }
-                Some(values) if !values.iter().any(|x| x == value) => {
+                Some(values) if !in_block && !values.iter().any(|x| x == value) => {
                     let names: Vec<&str> = values.iter().map(String::as_str).collect();
                     let problem = self.p.error(
                         &v.span,
@@ -493,7 +496,10 @@ impl Reader<'_> {
                 }
             }
         }
-        let when = f.get("when").map(|n| self.when(n)).unwrap_or_default();
+        let when = f
+            .get("when")
+            .map(|n| self.when(n, false))
+            .unwrap_or_default();
         Some(Requirement {
             fact,
             test: test?,
@@ -729,7 +735,7 @@ impl Reader<'_> {
         let steps = substitute(&block.steps, &values, &name, self.p);
         let mut when = ctx.when.clone();
         if let Some(w) = f.get("when") {
-            when.extend(self.when(w));
+            when.extend(self.when(w, ctx.block.is_some()));
         }
         let mut chain = ctx.chain.clone();
         chain.push(name.clone());
@@ -797,7 +803,7 @@ impl Reader<'_> {
         };
         let mut when = ctx.when.clone();
         if let Some(w) = f.get("when") {
-            when.extend(self.when(w));
+            when.extend(self.when(w, ctx.block.is_some()));
         }
         let action = self.action(kind, f.get(kind)?, &when);
         let timeout = f.duration("timeout", self.p);
