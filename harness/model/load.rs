@@ -194,6 +194,7 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
     let mut scenarios = Vec::new();
     let mut names: HashMap<String, Span> = HashMap::new();
     for root in &roots {
+        let errors_before = p.error_count();
         let Some(read) = read_scenario::read(root, &blocks, &mut p) else {
             continue;
         };
@@ -207,7 +208,11 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
         } else {
             names.insert(read.scenario.name.clone(), read.name_span.clone());
         }
-        if let Some(inv) = inventory {
+        // A scenario with mistakes of its own is not checked against devices: the
+        // results would only repeat those mistakes.
+        if let Some(inv) = inventory
+            && p.error_count() == errors_before
+        {
             cross_check(&read, inv, &mut p);
         }
         scenarios.push(read.scenario);
@@ -340,15 +345,19 @@ fn cross_check(read: &ReadScenario, inv: &Inventory, p: &mut Problems) {
             .iter()
             .filter(|site| applies(&site.when, &case))
         {
-            let mut seen: Vec<String> = Vec::new();
+            // One problem per distinct reason, naming the devices it hits.
+            let mut reasons: Vec<(String, Vec<&str>)> = Vec::new();
             for d in &matching {
-                if let Err(e) = secret_ref(&site.template.0, d, inv)
-                    && !seen.contains(&e)
-                {
-                    p.error(&site.span, e.clone())
-                        .hint("secrets come from the device's tenant in the inventory (`tenants: NAME: users:`)");
-                    seen.push(e);
+                if let Err(e) = secret_ref(&site.template.0, d, inv) {
+                    match reasons.iter_mut().find(|(r, _)| *r == e) {
+                        Some((_, ids)) => ids.push(&d.id),
+                        None => reasons.push((e, vec![&d.id])),
+                    }
                 }
+            }
+            for (reason, ids) in reasons {
+                p.error(&site.span, format!("{reason} (devices {})", device_list(&ids)))
+                    .hint("secrets come from the device's tenant in the inventory (`tenants: NAME: users:`)");
             }
         }
         // Templates are rendered for the first matching device: they see the same

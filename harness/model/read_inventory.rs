@@ -466,6 +466,9 @@ impl Reader<'_> {
                 .error(&ext.span, format!("no template named `{name}`"));
             match did_you_mean(&name, &names) {
                 Some(close) => problem.hint(format!("did you mean `{close}`?")),
+                None if names.is_empty() => {
+                    problem.hint("no templates are defined; add them under `templates:`")
+                }
                 None => problem.hint(format!(
                     "templates defined under `templates:`: {}",
                     names.join(", ")

@@ -483,13 +483,17 @@ impl Reader<'_> {
         if fact == "windows.edition"
             && let Some(FactTest::OneOf(values) | FactTest::NoneOf(values)) = &test
         {
-            for v in values {
+            let n = f
+                .get("is")
+                .or(f.get("in"))
+                .or(f.get("not_in"))
+                .unwrap_or(node);
+            let items: Vec<&Node> = match n.as_seq() {
+                Some(items) => items.iter().collect(),
+                None => vec![n],
+            };
+            for (v, n) in values.iter().zip(items) {
                 if super::inventory::Edition::from_name(v).is_none() {
-                    let n = f
-                        .get("is")
-                        .or(f.get("in"))
-                        .or(f.get("not_in"))
-                        .unwrap_or(node);
                     self.p
                         .error(&n.span, format!("`{v}` is not a Windows edition"))
                         .hint("editions: home, pro, enterprise, education");
@@ -712,6 +716,7 @@ impl Reader<'_> {
                 }
             }
         }
+        let mut missing = false;
         for (pname, default) in &block.params {
             if values.contains_key(pname) {
                 continue;
@@ -729,8 +734,13 @@ impl Reader<'_> {
                         .hint(format!(
                             "add it under `with:`, e.g. `with: {{ {pname}: ... }}`"
                         ));
+                    missing = true;
                 }
             }
+        }
+        if missing {
+            // Expanding without it would only repeat the problem inside the block.
+            return;
         }
         let steps = substitute(&block.steps, &values, &name, self.p);
         let mut when = ctx.when.clone();
@@ -1090,13 +1100,9 @@ impl Reader<'_> {
         match regex::RegexBuilder::new(&text).size_limit(1 << 20).build() {
             Ok(_) => Some(Pattern::Regex(text)),
             Err(e) => {
-                let detail = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
+                let text = e.to_string();
+                let last = text.lines().last().unwrap_or_default().trim();
+                let detail = last.strip_prefix("error: ").unwrap_or(last);
                 self.p
                     .error(&node.span, format!("`regex` does not compile: {detail}"))
                     .hint("regexes use Rust `regex` syntax; single-quote them in YAML so backslashes stay");

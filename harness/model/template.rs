@@ -108,7 +108,7 @@ fn error_chain(e: &tera::Error) -> String {
     while let Some(err) = current {
         let text = err.to_string();
         if !text.starts_with("Failed to render") && !text.starts_with("Failed to parse") {
-            parts.push(text.trim().replace('\n', " "));
+            parts.push(tidy(&text));
         }
         current = err.source();
     }
@@ -117,6 +117,22 @@ fn error_chain(e: &tera::Error) -> String {
     } else {
         parts.join(": ")
     }
+}
+
+/// One line from a tera message: a parse error's "--> 1:18 ... = expected ..." becomes
+/// "at column 18: expected ...", and the internal template name is dropped.
+fn tidy(text: &str) -> String {
+    let text = text.replace(" while rendering 'template'", "");
+    if let Some(expected) = text.lines().find_map(|l| l.trim().strip_prefix("= ")) {
+        let column = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("--> "))
+            .and_then(|pos| pos.split(':').nth(1))
+            .map(|c| format!("at column {c}: "))
+            .unwrap_or_default();
+        return format!("{column}{expected}");
+    }
+    text.trim().replace('\n', " ")
 }
 
 /// The variables a case's templates see: `device.*`, `tenant.*` (with
@@ -204,24 +220,18 @@ pub fn secret_ref<'a>(
             ));
         }
     };
-    let tenant_name = device.tenant.as_deref().ok_or_else(|| {
-        format!(
-            "device {} has no `tenant:`, so `{name}` has no value",
-            device.id
-        )
-    })?;
-    let tenant = inventory.tenants.get(tenant_name).ok_or_else(|| {
-        format!(
-            "device {} names tenant `{tenant_name}`, which is not defined",
-            device.id
-        )
-    })?;
-    let u = tenant.users.get(user).ok_or_else(|| {
-        format!(
-            "tenant `{tenant_name}` (of device {}) has no user `{user}`",
-            device.id
-        )
-    })?;
+    let tenant_name = device
+        .tenant
+        .as_deref()
+        .ok_or_else(|| format!("the device has no `tenant:`, so `{name}` has no value"))?;
+    let tenant = inventory
+        .tenants
+        .get(tenant_name)
+        .ok_or_else(|| format!("tenant `{tenant_name}` is not defined"))?;
+    let u = tenant
+        .users
+        .get(user)
+        .ok_or_else(|| format!("tenant `{tenant_name}` has no user `{user}`"))?;
     let secret = if field == "password" {
         &u.password
     } else {
