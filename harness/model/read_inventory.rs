@@ -25,7 +25,7 @@ const TENANT_KEYS: &[&str] = &[
     "users",
 ];
 const USER_KEYS: &[&str] = &["upn", "password", "ad_account", "ad_password"];
-pub(crate) const DEVICE_KEYS: &[&str] = &[
+pub const DEVICE_KEYS: &[&str] = &[
     "id",
     "extends",
     "serial",
@@ -53,7 +53,7 @@ const SIM_KEYS: &[&str] = &[
     "wlidsvc_disabled",
     "faults",
 ];
-pub(crate) const FAULT_KINDS: &[&str] = &[
+pub const FAULT_KINDS: &[&str] = &[
     "attestation",
     "slow_esp",
     "serial_drop",
