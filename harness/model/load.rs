@@ -147,6 +147,9 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
             );
         }
     }
+    // A file named on its own and through its directory is read once.
+    scenario_files.sort();
+    scenario_files.dedup();
     block_dirs.sort();
     block_dirs.dedup();
     let mut block_files: Vec<PathBuf> = Vec::new();
@@ -154,12 +157,36 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
         block_files.extend(yaml_files(dir, &mut p));
     }
 
+    let mut sources = Vec::new();
+    for path in block_files.iter().chain(scenario_files.iter()) {
+        if let Some(file) = read_file(path, "the scenario", &mut p) {
+            sources.push((file, block_files.contains(path)));
+        }
+    }
+    check_sources(sources, inventory, p)
+}
+
+/// Scenario and block texts checked without touching the disk (for tests and fuzzing):
+/// `(path, text, in_blocks_dir)`.
+pub fn scenarios_from_str(
+    files: &[(PathBuf, String, bool)],
+    inventory: Option<&Inventory>,
+) -> Loaded {
+    let sources = files
+        .iter()
+        .map(|(path, text, in_blocks)| (SourceFile::new(path, text.clone()), *in_blocks))
+        .collect();
+    check_sources(sources, inventory, Problems::new())
+}
+
+fn check_sources(
+    sources: Vec<(Arc<SourceFile>, bool)>,
+    inventory: Option<&Inventory>,
+    mut p: Problems,
+) -> Loaded {
     let mut blocks: HashMap<String, Block> = HashMap::new();
     let mut roots: Vec<Node> = Vec::new();
-    for path in block_files.iter().chain(scenario_files.iter()) {
-        let Some(file) = read_file(path, "the scenario", &mut p) else {
-            continue;
-        };
+    for (file, in_blocks_dir) in &sources {
         let Some(root) = node::parse(&file, &mut p) else {
             continue;
         };
@@ -180,7 +207,7 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
                     blocks.insert(block.name.clone(), block);
                 }
             }
-        } else if block_files.contains(path) {
+        } else if *in_blocks_dir {
             p.error(
                 &root.span,
                 "a file in blocks/ must start with `block: NAME`",

@@ -21,7 +21,9 @@ pub mod selector;
 pub mod template;
 
 pub use duration::parse_duration;
-pub use load::{Loaded, check_scenarios, inventory_from_str, load_inventory, load_scenarios};
+pub use load::{
+    Loaded, check_scenarios, inventory_from_str, load_inventory, load_scenarios, scenarios_from_str,
+};
 pub use problems::{Problem, Problems, Severity};
 pub use read_scenario::{MAX_GAP, MIN_GAP};
 pub use scenario::Template;

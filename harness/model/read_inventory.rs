@@ -478,6 +478,16 @@ impl Reader<'_> {
         };
         chain.push(name);
         let base = self.extend(base, templates, chain)?;
+        // Unknown keys of a template were reported with the template; keep them out of
+        // the device so they are not reported again for every device using it.
+        let known: Vec<(Node, Node)> = base
+            .as_map()
+            .unwrap_or_default()
+            .iter()
+            .filter(|(k, _)| k.as_str().is_some_and(|k| DEVICE_KEYS.contains(&k)))
+            .cloned()
+            .collect();
+        let base = Node::map(base.span.clone(), known);
         // `extends` itself is not inherited: drop it from the merge result.
         let merged = merge(&base, node);
         let entries: Vec<(Node, Node)> = merged
