@@ -187,7 +187,7 @@ fn check_sources(
     let mut blocks: HashMap<String, Block> = HashMap::new();
     let mut roots: Vec<Node> = Vec::new();
     for (file, in_blocks_dir) in &sources {
-        let Some(root) = node::parse(&file, &mut p) else {
+        let Some(root) = node::parse(file, &mut p) else {
             continue;
         };
         if read_scenario::is_block(&root) {
