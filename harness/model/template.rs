@@ -23,6 +23,24 @@ static SECRET_CALL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"secret\(\s*name\s*=\s*(?:"([^"]*)"|'([^']*)')\s*\)"#).expect("static regex")
 });
 
+/// `{% word`: the statement a tag opens.
+static STATEMENT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\{%-?\s*([A-Za-z_]+)").expect("static regex"));
+static RANGE_CALL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\brange\s*\(").expect("static regex"));
+const ALLOWED_STATEMENTS: &[&str] = &[
+    "if",
+    "elif",
+    "else",
+    "endif",
+    "set",
+    "set_global",
+    "raw",
+    "endraw",
+    "filter",
+    "endfilter",
+];
+
 impl Template {
     /// The template for typing the secret `name`, e.g. `tenant.users.default.password`.
     pub fn secret(name: &str) -> Template {
@@ -90,9 +108,35 @@ impl Template {
     }
 
     /// Checks the syntax only (no context needed).
+    /// Also refuses loops, macros and `range()`: a template renders one value, and a
+    /// loop or a recursive macro could make validation (or a step) run for ever.
     pub fn check_syntax(&self) -> Result<(), String> {
         if !self.is_dynamic() {
             return Ok(());
+        }
+        if let Some(m) = STATEMENT
+            .captures_iter(&self.0)
+            .find(|c| !ALLOWED_STATEMENTS.contains(&&c[1]))
+        {
+            return Err(format!(
+                "`{{% {} %}}` is not allowed in a scenario template (only if/else and set)",
+                &m[1]
+            ));
+        }
+        if RANGE_CALL.is_match(&self.0) {
+            return Err("`range()` is not allowed in a scenario template".to_string());
+        }
+        // tera's parser recurses per bracket; refuse absurd nesting before it sees it.
+        let mut depth = 0usize;
+        for c in self.0.chars() {
+            match c {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > 32 {
+                return Err("brackets nested more than 32 deep".to_string());
+            }
         }
         let mut tera = Tera::default();
         tera.add_raw_template("template", &self.0)
@@ -281,6 +325,19 @@ mod tests {
             .render_with_secrets(&ctx, &|name| Ok(format!("value-of-{name}")))
             .unwrap();
         assert_eq!(out, "value-of-tenant.users.default.password");
+    }
+
+    #[test]
+    fn loops_macros_and_range_are_refused() {
+        let ok = Template("{% if matrix.join == 'hybrid' %}YES{% else %}NO{% endif %}".into());
+        assert!(ok.check_syntax().is_ok());
+        for bad in [
+            "{% for c in device.serial %}{{ c }}{% endfor %}",
+            "{% macro m() %}{{ self::m() }}{% endmacro %}",
+            "{{ range(end=100000000) | length }}",
+        ] {
+            assert!(Template(bad.into()).check_syntax().is_err(), "{bad}");
+        }
     }
 
     #[test]
