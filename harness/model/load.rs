@@ -217,12 +217,51 @@ fn check_sources(
             roots.push(root);
         }
     }
+    check_roots(&roots, &blocks, inventory, p)
+}
 
+/// Blocks read once, to check many scenario texts against (tools, fuzzing).
+pub struct BlockSet(HashMap<String, Block>);
+
+/// Reads block files given as `(path, text)`.
+pub fn blocks_from_str(files: &[(PathBuf, String)]) -> (BlockSet, Problems) {
+    let mut p = Problems::new();
+    let mut blocks = HashMap::new();
+    for (path, text) in files {
+        let file = SourceFile::new(path, text.clone());
+        if let Some(block) =
+            node::parse(&file, &mut p).and_then(|root| read_scenario::read_block(&root, &mut p))
+        {
+            blocks.insert(block.name.clone(), block);
+        }
+    }
+    (BlockSet(blocks), p)
+}
+
+/// Checks one scenario text against already-read blocks.
+pub fn scenario_from_str(
+    path: &Path,
+    text: &str,
+    blocks: &BlockSet,
+    inventory: Option<&Inventory>,
+) -> Loaded {
+    let mut p = Problems::new();
+    let file = SourceFile::new(path, text.to_string());
+    let roots: Vec<Node> = node::parse(&file, &mut p).into_iter().collect();
+    check_roots(&roots, &blocks.0, inventory, p)
+}
+
+fn check_roots(
+    roots: &[Node],
+    blocks: &HashMap<String, Block>,
+    inventory: Option<&Inventory>,
+    mut p: Problems,
+) -> Loaded {
     let mut scenarios = Vec::new();
     let mut names: HashMap<String, Span> = HashMap::new();
-    for root in &roots {
+    for root in roots {
         let errors_before = p.error_count();
-        let Some(read) = read_scenario::read(root, &blocks, &mut p) else {
+        let Some(read) = read_scenario::read(root, blocks, &mut p) else {
             continue;
         };
         if let Some(first) = names.get(&read.scenario.name) {

@@ -22,7 +22,8 @@ pub mod template;
 
 pub use duration::parse_duration;
 pub use load::{
-    Loaded, check_scenarios, inventory_from_str, load_inventory, load_scenarios, scenarios_from_str,
+    BlockSet, Loaded, blocks_from_str, check_scenarios, inventory_from_str, load_inventory,
+    load_scenarios, scenario_from_str, scenarios_from_str,
 };
 pub use problems::{Problem, Problems, Severity};
 pub use read_scenario::{MAX_GAP, MIN_GAP};
