@@ -10,8 +10,10 @@ pub mod devices;
 pub mod history;
 pub mod inputs;
 pub mod lab;
+pub mod plan;
 pub mod run;
 pub mod status;
+pub mod validate;
 
 /// Exit codes, as DESIGN.md fixes them.
 pub mod exit {
@@ -38,6 +40,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check scenarios and the inventory; print every problem (exit 2 if any).
+    Validate(validate::Args),
+    /// Show which scenario case runs on which device, its phases, gaps and duration.
+    Plan(plan::Args),
     /// Run scenarios on the lab's devices (all of them by default: the nightly suite).
     Run(run::RunArgs),
     /// The virtual lab: simulated devices behind real lab protocols.
@@ -67,6 +73,8 @@ pub fn main() -> ExitCode {
         Command::Devices(args) => devices::run(args),
         Command::History(args) => return history::run(args),
         Command::Lab(args) => return lab::run(args),
+        Command::Validate(args) => return validate::run(args),
+        Command::Plan(args) => return plan::run(args),
     };
     ExitCode::from(code)
 }

@@ -147,6 +147,9 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
             );
         }
     }
+    // A file named on its own and through its directory is read once.
+    scenario_files.sort();
+    scenario_files.dedup();
     block_dirs.sort();
     block_dirs.dedup();
     let mut block_files: Vec<PathBuf> = Vec::new();
@@ -154,13 +157,37 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
         block_files.extend(yaml_files(dir, &mut p));
     }
 
+    let mut sources = Vec::new();
+    for path in block_files.iter().chain(scenario_files.iter()) {
+        if let Some(file) = read_file(path, "the scenario", &mut p) {
+            sources.push((file, block_files.contains(path)));
+        }
+    }
+    check_sources(sources, inventory, p)
+}
+
+/// Scenario and block texts checked without touching the disk (for tests and fuzzing):
+/// `(path, text, in_blocks_dir)`.
+pub fn scenarios_from_str(
+    files: &[(PathBuf, String, bool)],
+    inventory: Option<&Inventory>,
+) -> Loaded {
+    let sources = files
+        .iter()
+        .map(|(path, text, in_blocks)| (SourceFile::new(path, text.clone()), *in_blocks))
+        .collect();
+    check_sources(sources, inventory, Problems::new())
+}
+
+fn check_sources(
+    sources: Vec<(Arc<SourceFile>, bool)>,
+    inventory: Option<&Inventory>,
+    mut p: Problems,
+) -> Loaded {
     let mut blocks: HashMap<String, Block> = HashMap::new();
     let mut roots: Vec<Node> = Vec::new();
-    for path in block_files.iter().chain(scenario_files.iter()) {
-        let Some(file) = read_file(path, "the scenario", &mut p) else {
-            continue;
-        };
-        let Some(root) = node::parse(&file, &mut p) else {
+    for (file, in_blocks_dir) in &sources {
+        let Some(root) = node::parse(file, &mut p) else {
             continue;
         };
         if read_scenario::is_block(&root) {
@@ -180,7 +207,7 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
                     blocks.insert(block.name.clone(), block);
                 }
             }
-        } else if block_files.contains(path) {
+        } else if *in_blocks_dir {
             p.error(
                 &root.span,
                 "a file in blocks/ must start with `block: NAME`",
@@ -190,11 +217,51 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
             roots.push(root);
         }
     }
+    check_roots(&roots, &blocks, inventory, p)
+}
 
+/// Blocks read once, to check many scenario texts against (tools, fuzzing).
+pub struct BlockSet(HashMap<String, Block>);
+
+/// Reads block files given as `(path, text)`.
+pub fn blocks_from_str(files: &[(PathBuf, String)]) -> (BlockSet, Problems) {
+    let mut p = Problems::new();
+    let mut blocks = HashMap::new();
+    for (path, text) in files {
+        let file = SourceFile::new(path, text.clone());
+        if let Some(block) =
+            node::parse(&file, &mut p).and_then(|root| read_scenario::read_block(&root, &mut p))
+        {
+            blocks.insert(block.name.clone(), block);
+        }
+    }
+    (BlockSet(blocks), p)
+}
+
+/// Checks one scenario text against already-read blocks.
+pub fn scenario_from_str(
+    path: &Path,
+    text: &str,
+    blocks: &BlockSet,
+    inventory: Option<&Inventory>,
+) -> Loaded {
+    let mut p = Problems::new();
+    let file = SourceFile::new(path, text.to_string());
+    let roots: Vec<Node> = node::parse(&file, &mut p).into_iter().collect();
+    check_roots(&roots, &blocks.0, inventory, p)
+}
+
+fn check_roots(
+    roots: &[Node],
+    blocks: &HashMap<String, Block>,
+    inventory: Option<&Inventory>,
+    mut p: Problems,
+) -> Loaded {
     let mut scenarios = Vec::new();
     let mut names: HashMap<String, Span> = HashMap::new();
-    for root in &roots {
-        let Some(read) = read_scenario::read(root, &blocks, &mut p) else {
+    for root in roots {
+        let errors_before = p.error_count();
+        let Some(read) = read_scenario::read(root, blocks, &mut p) else {
             continue;
         };
         if let Some(first) = names.get(&read.scenario.name) {
@@ -207,7 +274,11 @@ pub fn check_scenarios(paths: &[PathBuf], inventory: Option<&Inventory>) -> Load
         } else {
             names.insert(read.scenario.name.clone(), read.name_span.clone());
         }
-        if let Some(inv) = inventory {
+        // A scenario with mistakes of its own is not checked against devices: the
+        // results would only repeat those mistakes.
+        if let Some(inv) = inventory
+            && p.error_count() == errors_before
+        {
             cross_check(&read, inv, &mut p);
         }
         scenarios.push(read.scenario);
@@ -340,15 +411,19 @@ fn cross_check(read: &ReadScenario, inv: &Inventory, p: &mut Problems) {
             .iter()
             .filter(|site| applies(&site.when, &case))
         {
-            let mut seen: Vec<String> = Vec::new();
+            // One problem per distinct reason, naming the devices it hits.
+            let mut reasons: Vec<(String, Vec<&str>)> = Vec::new();
             for d in &matching {
-                if let Err(e) = secret_ref(&site.template.0, d, inv)
-                    && !seen.contains(&e)
-                {
-                    p.error(&site.span, e.clone())
-                        .hint("secrets come from the device's tenant in the inventory (`tenants: NAME: users:`)");
-                    seen.push(e);
+                if let Err(e) = secret_ref(&site.template.0, d, inv) {
+                    match reasons.iter_mut().find(|(r, _)| *r == e) {
+                        Some((_, ids)) => ids.push(&d.id),
+                        None => reasons.push((e, vec![&d.id])),
+                    }
                 }
+            }
+            for (reason, ids) in reasons {
+                p.error(&site.span, format!("{reason} (devices {})", device_list(&ids)))
+                    .hint("secrets come from the device's tenant in the inventory (`tenants: NAME: users:`)");
             }
         }
         // Templates are rendered for the first matching device: they see the same

@@ -21,7 +21,10 @@ pub mod selector;
 pub mod template;
 
 pub use duration::parse_duration;
-pub use load::{Loaded, check_scenarios, inventory_from_str, load_inventory, load_scenarios};
+pub use load::{
+    BlockSet, Loaded, blocks_from_str, check_scenarios, inventory_from_str, load_inventory,
+    load_scenarios, scenario_from_str, scenarios_from_str,
+};
 pub use problems::{Problem, Problems, Severity};
 pub use read_scenario::{MAX_GAP, MIN_GAP};
 pub use scenario::Template;

@@ -224,10 +224,16 @@ pub fn word<'a>(node: &Node, what: &str, allowed: &[&'a str], p: &mut Problems) 
         return Some(w);
     }
     let problem = p.error(&node.span, format!("`{text}` is not a valid `{what}`"));
+    // A long list (key names) is noise next to a good guess.
     match did_you_mean(&text, allowed) {
+        Some(close) if allowed.len() > 12 => problem.hint(format!("did you mean `{close}`?")),
         Some(close) => problem.hint(format!(
             "did you mean `{close}`? (one of: {})",
             allowed.join(", ")
+        )),
+        None if allowed.len() > 12 => problem.hint(format!(
+            "e.g. {}, ... (see docs/scenario-language.md)",
+            allowed[..12].join(", ")
         )),
         None => problem.hint(format!("one of: {}", allowed.join(", "))),
     };

@@ -25,7 +25,7 @@ const TENANT_KEYS: &[&str] = &[
     "users",
 ];
 const USER_KEYS: &[&str] = &["upn", "password", "ad_account", "ad_password"];
-pub(crate) const DEVICE_KEYS: &[&str] = &[
+pub const DEVICE_KEYS: &[&str] = &[
     "id",
     "extends",
     "serial",
@@ -53,7 +53,7 @@ const SIM_KEYS: &[&str] = &[
     "wlidsvc_disabled",
     "faults",
 ];
-pub(crate) const FAULT_KINDS: &[&str] = &[
+pub const FAULT_KINDS: &[&str] = &[
     "attestation",
     "slow_esp",
     "serial_drop",
@@ -466,6 +466,9 @@ impl Reader<'_> {
                 .error(&ext.span, format!("no template named `{name}`"));
             match did_you_mean(&name, &names) {
                 Some(close) => problem.hint(format!("did you mean `{close}`?")),
+                None if names.is_empty() => {
+                    problem.hint("no templates are defined; add them under `templates:`")
+                }
                 None => problem.hint(format!(
                     "templates defined under `templates:`: {}",
                     names.join(", ")
@@ -475,6 +478,16 @@ impl Reader<'_> {
         };
         chain.push(name);
         let base = self.extend(base, templates, chain)?;
+        // Unknown keys of a template were reported with the template; keep them out of
+        // the device so they are not reported again for every device using it.
+        let known: Vec<(Node, Node)> = base
+            .as_map()
+            .unwrap_or_default()
+            .iter()
+            .filter(|(k, _)| k.as_str().is_some_and(|k| DEVICE_KEYS.contains(&k)))
+            .cloned()
+            .collect();
+        let base = Node::map(base.span.clone(), known);
         // `extends` itself is not inherited: drop it from the merge result.
         let merged = merge(&base, node);
         let entries: Vec<(Node, Node)> = merged

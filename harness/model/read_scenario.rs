@@ -351,8 +351,11 @@ impl Reader<'_> {
         Some(out)
     }
 
-    /// `when: {join: hybrid}`: axes and values must exist in the matrix.
-    fn when(&mut self, node: &Node) -> BTreeMap<String, String> {
+    /// `when: {join: hybrid}`: axes must exist in the matrix, and so must values written
+    /// in the scenario itself. A block may name values a scenario leaves out of its matrix
+    /// (the Windows 10 steps of a scenario that only runs Windows 11): those steps just
+    /// never run.
+    fn when(&mut self, node: &Node, in_block: bool) -> BTreeMap<String, String> {
         let Some(map) = string_map(node, "when", self.p) else {
             return BTreeMap::new();
         };
@@ -373,7 +376,7 @@ impl Reader<'_> {
                         None => problem.hint(format!("matrix axes: {}", axes.join(", "))),
                     };
                 }
-                Some(values) if !values.iter().any(|x| x == value) => {
+                Some(values) if !in_block && !values.iter().any(|x| x == value) => {
                     let names: Vec<&str> = values.iter().map(String::as_str).collect();
                     let problem = self.p.error(
                         &v.span,
@@ -480,20 +483,27 @@ impl Reader<'_> {
         if fact == "windows.edition"
             && let Some(FactTest::OneOf(values) | FactTest::NoneOf(values)) = &test
         {
-            for v in values {
+            let n = f
+                .get("is")
+                .or(f.get("in"))
+                .or(f.get("not_in"))
+                .unwrap_or(node);
+            let items: Vec<&Node> = match n.as_seq() {
+                Some(items) => items.iter().collect(),
+                None => vec![n],
+            };
+            for (v, n) in values.iter().zip(items) {
                 if super::inventory::Edition::from_name(v).is_none() {
-                    let n = f
-                        .get("is")
-                        .or(f.get("in"))
-                        .or(f.get("not_in"))
-                        .unwrap_or(node);
                     self.p
                         .error(&n.span, format!("`{v}` is not a Windows edition"))
                         .hint("editions: home, pro, enterprise, education");
                 }
             }
         }
-        let when = f.get("when").map(|n| self.when(n)).unwrap_or_default();
+        let when = f
+            .get("when")
+            .map(|n| self.when(n, false))
+            .unwrap_or_default();
         Some(Requirement {
             fact,
             test: test?,
@@ -706,6 +716,7 @@ impl Reader<'_> {
                 }
             }
         }
+        let mut missing = false;
         for (pname, default) in &block.params {
             if values.contains_key(pname) {
                 continue;
@@ -723,13 +734,18 @@ impl Reader<'_> {
                         .hint(format!(
                             "add it under `with:`, e.g. `with: {{ {pname}: ... }}`"
                         ));
+                    missing = true;
                 }
             }
+        }
+        if missing {
+            // Expanding without it would only repeat the problem inside the block.
+            return;
         }
         let steps = substitute(&block.steps, &values, &name, self.p);
         let mut when = ctx.when.clone();
         if let Some(w) = f.get("when") {
-            when.extend(self.when(w));
+            when.extend(self.when(w, ctx.block.is_some()));
         }
         let mut chain = ctx.chain.clone();
         chain.push(name.clone());
@@ -797,7 +813,7 @@ impl Reader<'_> {
         };
         let mut when = ctx.when.clone();
         if let Some(w) = f.get("when") {
-            when.extend(self.when(w));
+            when.extend(self.when(w, ctx.block.is_some()));
         }
         let action = self.action(kind, f.get(kind)?, &when);
         let timeout = f.duration("timeout", self.p);
@@ -1084,13 +1100,9 @@ impl Reader<'_> {
         match regex::RegexBuilder::new(&text).size_limit(1 << 20).build() {
             Ok(_) => Some(Pattern::Regex(text)),
             Err(e) => {
-                let detail = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
+                let text = e.to_string();
+                let last = text.lines().last().unwrap_or_default().trim();
+                let detail = last.strip_prefix("error: ").unwrap_or(last);
                 self.p
                     .error(&node.span, format!("`regex` does not compile: {detail}"))
                     .hint("regexes use Rust `regex` syntax; single-quote them in YAML so backslashes stay");

@@ -23,6 +23,24 @@ static SECRET_CALL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"secret\(\s*name\s*=\s*(?:"([^"]*)"|'([^']*)')\s*\)"#).expect("static regex")
 });
 
+/// `{% word`: the statement a tag opens.
+static STATEMENT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\{%-?\s*([A-Za-z_]+)").expect("static regex"));
+static RANGE_CALL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\brange\s*\(").expect("static regex"));
+const ALLOWED_STATEMENTS: &[&str] = &[
+    "if",
+    "elif",
+    "else",
+    "endif",
+    "set",
+    "set_global",
+    "raw",
+    "endraw",
+    "filter",
+    "endfilter",
+];
+
 impl Template {
     /// The template for typing the secret `name`, e.g. `tenant.users.default.password`.
     pub fn secret(name: &str) -> Template {
@@ -90,9 +108,35 @@ impl Template {
     }
 
     /// Checks the syntax only (no context needed).
+    /// Also refuses loops, macros and `range()`: a template renders one value, and a
+    /// loop or a recursive macro could make validation (or a step) run for ever.
     pub fn check_syntax(&self) -> Result<(), String> {
         if !self.is_dynamic() {
             return Ok(());
+        }
+        if let Some(m) = STATEMENT
+            .captures_iter(&self.0)
+            .find(|c| !ALLOWED_STATEMENTS.contains(&&c[1]))
+        {
+            return Err(format!(
+                "`{{% {} %}}` is not allowed in a scenario template (only if/else and set)",
+                &m[1]
+            ));
+        }
+        if RANGE_CALL.is_match(&self.0) {
+            return Err("`range()` is not allowed in a scenario template".to_string());
+        }
+        // tera's parser recurses per bracket; refuse absurd nesting before it sees it.
+        let mut depth = 0usize;
+        for c in self.0.chars() {
+            match c {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > 32 {
+                return Err("brackets nested more than 32 deep".to_string());
+            }
         }
         let mut tera = Tera::default();
         tera.add_raw_template("template", &self.0)
@@ -108,7 +152,7 @@ fn error_chain(e: &tera::Error) -> String {
     while let Some(err) = current {
         let text = err.to_string();
         if !text.starts_with("Failed to render") && !text.starts_with("Failed to parse") {
-            parts.push(text.trim().replace('\n', " "));
+            parts.push(tidy(&text));
         }
         current = err.source();
     }
@@ -117,6 +161,22 @@ fn error_chain(e: &tera::Error) -> String {
     } else {
         parts.join(": ")
     }
+}
+
+/// One line from a tera message: a parse error's "--> 1:18 ... = expected ..." becomes
+/// "at column 18: expected ...", and the internal template name is dropped.
+fn tidy(text: &str) -> String {
+    let text = text.replace(" while rendering 'template'", "");
+    if let Some(expected) = text.lines().find_map(|l| l.trim().strip_prefix("= ")) {
+        let column = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("--> "))
+            .and_then(|pos| pos.split(':').nth(1))
+            .map(|c| format!("at column {c}: "))
+            .unwrap_or_default();
+        return format!("{column}{expected}");
+    }
+    text.trim().replace('\n', " ")
 }
 
 /// The variables a case's templates see: `device.*`, `tenant.*` (with
@@ -204,24 +264,18 @@ pub fn secret_ref<'a>(
             ));
         }
     };
-    let tenant_name = device.tenant.as_deref().ok_or_else(|| {
-        format!(
-            "device {} has no `tenant:`, so `{name}` has no value",
-            device.id
-        )
-    })?;
-    let tenant = inventory.tenants.get(tenant_name).ok_or_else(|| {
-        format!(
-            "device {} names tenant `{tenant_name}`, which is not defined",
-            device.id
-        )
-    })?;
-    let u = tenant.users.get(user).ok_or_else(|| {
-        format!(
-            "tenant `{tenant_name}` (of device {}) has no user `{user}`",
-            device.id
-        )
-    })?;
+    let tenant_name = device
+        .tenant
+        .as_deref()
+        .ok_or_else(|| format!("the device has no `tenant:`, so `{name}` has no value"))?;
+    let tenant = inventory
+        .tenants
+        .get(tenant_name)
+        .ok_or_else(|| format!("tenant `{tenant_name}` is not defined"))?;
+    let u = tenant
+        .users
+        .get(user)
+        .ok_or_else(|| format!("tenant `{tenant_name}` has no user `{user}`"))?;
     let secret = if field == "password" {
         &u.password
     } else {
@@ -271,6 +325,19 @@ mod tests {
             .render_with_secrets(&ctx, &|name| Ok(format!("value-of-{name}")))
             .unwrap();
         assert_eq!(out, "value-of-tenant.users.default.password");
+    }
+
+    #[test]
+    fn loops_macros_and_range_are_refused() {
+        let ok = Template("{% if matrix.join == 'hybrid' %}YES{% else %}NO{% endif %}".into());
+        assert!(ok.check_syntax().is_ok());
+        for bad in [
+            "{% for c in device.serial %}{{ c }}{% endfor %}",
+            "{% macro m() %}{{ self::m() }}{% endmacro %}",
+            "{{ range(end=100000000) | length }}",
+        ] {
+            assert!(Template(bad.into()).check_syntax().is_err(), "{bad}");
+        }
     }
 
     #[test]
