@@ -124,9 +124,21 @@ impl Clock for ScaledClock {
 /// 5-second lab poll would hit a KVM's OCR every 8 ms; this keeps it reasonable.
 pub const MIN_POLL_WALL: Duration = Duration::from_millis(100);
 
+/// The shortest wall time an attempt gets. Transports (SSH, HTTP, a serial link) run
+/// at wall speed whatever the lab's time scale: at scale 600 a 2-minute step would leave
+/// 200 ms for an SSH handshake, and the step would fail for the lab's speed, not the
+/// device's. Only scaled clocks are affected; on the wall clock every step timeout that
+/// is longer than this stays as written.
+pub const MIN_ATTEMPT_WALL: Duration = Duration::from_secs(10);
+
 /// A poll interval of `lab`, stretched so it lasts at least [`MIN_POLL_WALL`] of wall time.
 pub fn poll_interval(clock: &dyn Clock, lab: Duration) -> Duration {
-    if clock.wall(lab) >= MIN_POLL_WALL {
+    at_least_wall(clock, lab, MIN_POLL_WALL)
+}
+
+/// `lab`, stretched so it lasts at least `min_wall` of wall time on this clock.
+pub fn at_least_wall(clock: &dyn Clock, lab: Duration, min_wall: Duration) -> Duration {
+    if clock.wall(lab) >= min_wall {
         return lab;
     }
     // Measured over a long span so nanosecond rounding does not show; whole milliseconds.
@@ -135,7 +147,7 @@ pub fn poll_interval(clock: &dyn Clock, lab: Duration) -> Duration {
     if wall_per_span <= 0.0 {
         return lab;
     }
-    let millis = (MIN_POLL_WALL.as_secs_f64() * SPAN / wall_per_span * 1000.0).round();
+    let millis = (min_wall.as_secs_f64() * SPAN / wall_per_span * 1000.0).round();
     if millis.is_finite() && millis < u64::MAX as f64 {
         Duration::from_millis(millis as u64)
     } else {

@@ -1,44 +1,29 @@
-//! Rendering scenario templates for one case.
-//!
-//! TODO(lead): replace with `Template::render` and `model::case_context` once the model
-//! parser lands; this private copy exists only so the engine does not wait for it.
+//! Rendering scenario templates for one case, through the model's templates: the
+//! context (`device`, `tenant`, `matrix`, `vars`) comes from [`case_context`], and a
+//! `secret(name=...)` call is resolved here, at the moment the step runs, from the
+//! tenant's secret reference. The value lives only in the rendered string.
 
-use tera::{Context, Tera};
+use std::path::Path;
 
 use super::CaseRun;
 use crate::model::scenario::Template;
-
-/// The template context of a case: `device`, `tenant`, `matrix`, `vars`.
-pub(crate) fn context(run: &CaseRun<'_>) -> Result<Context, String> {
-    let mut ctx = Context::new();
-    ctx.insert("device", run.device);
-    ctx.insert("tenant", &run.tenant);
-    ctx.insert("matrix", &run.case);
-    let mut vars = std::collections::BTreeMap::new();
-    for (name, template) in &run.scenario.vars {
-        let value = render_with(template, &ctx).map_err(|e| format!("variable `{name}`: {e}"))?;
-        vars.insert(name.clone(), value);
-    }
-    ctx.insert("vars", &vars);
-    Ok(ctx)
-}
+use crate::model::{case_context, tenant_secret_ref};
 
 /// Renders one template for this case.
 pub(crate) fn render(run: &CaseRun<'_>, template: &Template) -> Result<String, String> {
-    let ctx = context(run)?;
-    render_with(template, &ctx)
-}
-
-fn render_with(template: &Template, ctx: &Context) -> Result<String, String> {
-    Tera::one_off(&template.0, ctx, false).map_err(|e| {
-        // tera hides the useful part in the error's source chain.
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        format!("cannot render `{}`: {message}", template.0)
-    })
+    let ctx = case_context(run.device, run.tenant, &run.case, &run.scenario.vars);
+    let resolve = |name: &str| -> Result<String, String> {
+        let tenant = run.tenant.ok_or_else(|| {
+            format!(
+                "device `{}` has no tenant, so secret `{name}` has no value",
+                run.device.id
+            )
+        })?;
+        // The inventory's loader made secret file paths absolute or relative to the
+        // working directory already.
+        tenant_secret_ref(name, tenant)?.resolve(Path::new(""))
+    };
+    template
+        .render_with_secrets(&ctx, &resolve)
+        .map_err(|e| format!("cannot render `{}`: {e}", template.0))
 }

@@ -63,7 +63,12 @@ pub(crate) async fn run_step(
                 block: step.origin.block.clone(),
             },
         );
-        let step_deadline = now.saturating_add(step::budget(run, step));
+        let budget = super::clock::at_least_wall(
+            clock.as_ref(),
+            step::budget(run, step),
+            super::clock::MIN_ATTEMPT_WALL,
+        );
+        let step_deadline = now.saturating_add(budget);
         let (deadline, phase_cuts) = match phase_deadline {
             Some(p) if p < step_deadline => (p, true),
             _ => (step_deadline, false),

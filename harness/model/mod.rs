@@ -29,4 +29,4 @@ pub use problems::{Problem, Problems, Severity};
 pub use read_scenario::{MAX_GAP, MIN_GAP};
 pub use scenario::Template;
 pub use selector::{applies, match_device};
-pub use template::{case_context, secret_ref};
+pub use template::{case_context, secret_ref, tenant_secret_ref};

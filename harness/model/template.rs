@@ -253,6 +253,22 @@ pub fn secret_ref<'a>(
     device: &Device,
     inventory: &'a Inventory,
 ) -> Result<&'a SecretRef, String> {
+    let tenant_name = device
+        .tenant
+        .as_deref()
+        .ok_or_else(|| format!("the device has no `tenant:`, so `{name}` has no value"))?;
+    let tenant = inventory
+        .tenants
+        .get(tenant_name)
+        .ok_or_else(|| format!("tenant `{tenant_name}` is not defined"))?;
+    tenant_secret_ref(name, tenant)
+}
+
+/// The reference behind a secret name within one tenant's credential set.
+pub fn tenant_secret_ref<'a>(
+    name: &str,
+    tenant: &'a TenantConfig,
+) -> Result<&'a SecretRef, String> {
     let parts: Vec<&str> = name.split('.').collect();
     let (user, field) = match parts.as_slice() {
         ["tenant", "users", user, field] if matches!(*field, "password" | "ad_password") => {
@@ -264,14 +280,7 @@ pub fn secret_ref<'a>(
             ));
         }
     };
-    let tenant_name = device
-        .tenant
-        .as_deref()
-        .ok_or_else(|| format!("the device has no `tenant:`, so `{name}` has no value"))?;
-    let tenant = inventory
-        .tenants
-        .get(tenant_name)
-        .ok_or_else(|| format!("tenant `{tenant_name}` is not defined"))?;
+    let tenant_name = &tenant.name;
     let u = tenant
         .users
         .get(user)
