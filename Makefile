@@ -11,9 +11,16 @@ deps:
 	@scripts/install-pdudaemon
 	@scripts/install-test-tools
 
+# The nightly suite: health checks, end-to-end pre-provisioning for both join types
+# (technician flow, the 90-minute gap, user flow), TPM evidence and the negative cases.
+NIGHTLY := health-check preprovision-e2e tpm-attestation negative-home-edition \
+	negative-rerun-without-reset negative-user-too-soon
+
 demo: deps
 	$(CARGO) build --bin aplab
-	$(APLAB) run
+	$(APLAB) validate
+	$(APLAB) plan $(patsubst %,scenarios/%.yaml,$(NIGHTLY))
+	$(APLAB) run $(NIGHTLY)
 
 test: deps fmt-check clippy unit
 

@@ -168,7 +168,7 @@ impl RunningLab {
             let Some(device) = self.lab.device(&id) else {
                 continue;
             };
-            let target: Arc<dyn ShellTarget> = Arc::clone(device) as Arc<dyn ShellTarget>;
+            let target: Arc<dyn ShellTarget> = Arc::new(Arc::clone(device));
             self.shells.push((id, port, plan.start(target)));
         }
         let mut tpm_devices: Vec<SwtpmDevice> = Vec::new();

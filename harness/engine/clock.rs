@@ -131,6 +131,10 @@ pub const MIN_POLL_WALL: Duration = Duration::from_millis(100);
 /// is longer than this stays as written.
 pub const MIN_ATTEMPT_WALL: Duration = Duration::from_secs(10);
 
+/// The shortest wall time a phase gets, for the same reason: a phase is many attempts,
+/// each of which may spend seconds of wall time on transports.
+pub const MIN_PHASE_WALL: Duration = Duration::from_secs(90);
+
 /// A poll interval of `lab`, stretched so it lasts at least [`MIN_POLL_WALL`] of wall time.
 pub fn poll_interval(clock: &dyn Clock, lab: Duration) -> Duration {
     at_least_wall(clock, lab, MIN_POLL_WALL)

@@ -233,7 +233,13 @@ pub async fn run_phase(
 async fn run_phase_checked(run: &CaseRun<'_>, state: &mut CaseState, phase: &Phase) -> PhaseResult {
     let clock = &run.clock;
     let started = clock.now();
-    let deadline = phase.timeout.map(|t| started.saturating_add(t));
+    let deadline = phase.timeout.map(|t| {
+        started.saturating_add(super::clock::at_least_wall(
+            clock.as_ref(),
+            t,
+            super::clock::MIN_PHASE_WALL,
+        ))
+    });
     run.emit(
         Some(&phase.name),
         None,

@@ -18,6 +18,9 @@ use crate::store::{
 
 /// The lifecycle event recorded when a technician phase passes (the device is resealed).
 pub const RESEALED: &str = "resealed";
+/// The lifecycle event recorded when a user phase passes: the device is no longer a
+/// resealed device waiting for its user.
+pub const USER_FLOW_DONE: &str = "user-flow-done";
 
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
@@ -488,10 +491,15 @@ impl Fleet {
                 }
                 PhaseOutcome::Passed => {
                     let ended = now_millis();
-                    if phase.name == "technician" {
+                    let lifecycle = match phase.name.as_str() {
+                        "technician" => Some(RESEALED),
+                        "user" => Some(USER_FLOW_DONE),
+                        _ => None,
+                    };
+                    if let Some(kind) = lifecycle {
                         self.ledger.record_lifecycle(&LifecycleEvent {
                             device_id: device.into(),
-                            kind: RESEALED.into(),
+                            kind: kind.into(),
                             at: ended,
                             run_id: record.run_id.clone(),
                             detail: format!("{} {}", job.scenario, case_label(job)),
@@ -544,6 +552,14 @@ impl Fleet {
                 "device {device} has no reseal on record; run the technician flow on it first"
             )));
         };
+        if let Some(used) = self.ledger.last_lifecycle(device, USER_FLOW_DONE)?
+            && used.at >= resealed.at
+        {
+            return Ok(Err(format!(
+                "device {device} went through a user flow (run {}) after its last reseal; run the technician flow on it first",
+                used.run_id
+            )));
+        }
         let scale = self.opts.time_scale;
         let not_after = gap.max.map(|m| resealed.at + millis(scale.wall(m)));
         if let Some(limit) = not_after

@@ -136,7 +136,7 @@ pub struct Device {
 impl Device {
     /// The value of a fact a selector can name: `id`, `serial`, `manufacturer`, `model`,
     /// `windows.edition`, `windows.version`, `windows.build`, `tpm.family`,
-    /// `tpm.manufacturer`, `tpm.firmware`, `tags.<name>`, `has.<capability>`.
+    /// `tpm.manufacturer`, `tpm.firmware`, `tpm.access`, `tags.<name>`, `has.<capability>`.
     pub fn fact(&self, name: &str) -> Option<String> {
         match name {
             "id" => Some(self.id.clone()),
@@ -149,6 +149,11 @@ impl Device {
             "tpm.family" => self.tpm.as_ref().map(|t| t.family.clone()),
             "tpm.manufacturer" => self.tpm.as_ref().map(|t| t.manufacturer.clone()),
             "tpm.firmware" => self.tpm.as_ref().and_then(|t| t.firmware.clone()),
+            // How the harness reaches the TPM: `tcti` (EK and attestation checks) or `shell`.
+            "tpm.access" => self.tpm_access.as_ref().map(|t| match t {
+                TpmConn::Tcti(_) => "tcti".to_string(),
+                TpmConn::Shell => "shell".to_string(),
+            }),
             "tenant" => self.tenant.clone(),
             other => {
                 if let Some(tag) = other.strip_prefix("tags.") {

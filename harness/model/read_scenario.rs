@@ -66,6 +66,7 @@ pub const FACTS: &[&str] = &[
     "tpm.family",
     "tpm.manufacturer",
     "tpm.firmware",
+    "tpm.access",
     "tenant",
 ];
 const COMPLIANCE_STATES: &[&str] = &[

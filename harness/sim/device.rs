@@ -331,6 +331,20 @@ impl Device {
         }
     }
 
+    /// `systemreset -factoryreset` from Windows: the disk is wiped (enrollment, join,
+    /// ESP), Windows restarts into OOBE. Only a running Windows can do it.
+    pub fn factory_reset(self: &Arc<Self>) {
+        let mut st = self.lock();
+        if !matches!(st.power, Power::On) {
+            return;
+        }
+        self.say(&mut st, "OOBE: reset this PC");
+        st.disk = Disk::default();
+        st.failure = None;
+        st.esp = Esp::default();
+        self.start_shutdown_then_boot(&mut st);
+    }
+
     /// Reset button / `ForceRestart`: off and straight back on.
     pub fn reset(self: &Arc<Self>) {
         let mut st = self.lock();

@@ -1,30 +1,42 @@
 //! The simulated device as the SSH server sees it: `sim::snapshot::ShellTarget`, built
 //! from the device's own [`WindowsSnapshot`](super::enrollment::WindowsSnapshot) and the
-//! TPM facts the inventory expects it to have.
+//! TPM its simulated hardware has.
+
+use std::sync::Arc;
 
 use super::device::Device;
 use super::enrollment::JoinKind;
+use super::profile::{Profile, SWTPM_FIRMWARE, SWTPM_MANUFACTURER};
 use super::snapshot::{self, ShellTarget, TpmSnapshot, WinEvent};
+use crate::model::inventory::TpmConn;
 
-impl ShellTarget for Device {
+impl ShellTarget for Arc<Device> {
     fn snapshot(&self) -> snapshot::WindowsSnapshot {
         let s = self.windows_snapshot();
-        let tpm = match &self.spec().tpm {
-            Some(t) => {
-                let v2 = t.family == "2.0";
-                TpmSnapshot {
-                    present: true,
-                    ready: v2,
-                    enabled: true,
-                    activated: true,
-                    owned: v2,
-                    manufacturer_id_txt: t.manufacturer.clone(),
-                    manufacturer_version: t.firmware.clone().unwrap_or_default(),
-                    family: t.family.clone(),
-                    locked_out: false,
-                }
-            }
-            None => TpmSnapshot::default(),
+        // The simulated hardware's own TPM: the swtpm behind the device's TCTI when it
+        // has one, otherwise the one its model ships with. Never the inventory's
+        // expectation, which is what the harness checks against.
+        let spec = self.spec();
+        let profile = Profile::named(
+            spec.sim
+                .as_ref()
+                .and_then(|s| s.profile.as_deref())
+                .unwrap_or(&spec.model),
+        );
+        let (manufacturer, firmware) = match spec.tpm_access {
+            Some(TpmConn::Tcti(_)) => (SWTPM_MANUFACTURER, SWTPM_FIRMWARE),
+            _ => (profile.tpm_manufacturer, profile.tpm_firmware),
+        };
+        let tpm = TpmSnapshot {
+            present: true,
+            ready: true,
+            enabled: true,
+            activated: true,
+            owned: true,
+            manufacturer_id_txt: manufacturer.to_string(),
+            manufacturer_version: firmware.to_string(),
+            family: "2.0".to_string(),
+            locked_out: false,
         };
         snapshot::WindowsSnapshot {
             device_id: s.device_id,
@@ -63,5 +75,9 @@ impl ShellTarget for Device {
             wlidsvc_disabled: s.wlidsvc_disabled,
             tpm,
         }
+    }
+
+    fn factory_reset(&self) {
+        Device::factory_reset(self);
     }
 }

@@ -103,7 +103,16 @@ pub struct Profile {
     pub esp_timeout: Duration,
     /// Account setup in the user flow.
     pub account: Duration,
+    /// The TPM the model ships with, as `Get-Tpm` shows it: manufacturer id text and
+    /// firmware version. A device whose TPM is an swtpm reports the swtpm instead.
+    pub tpm_manufacturer: &'static str,
+    pub tpm_firmware: &'static str,
 }
+
+/// What an swtpm (libtpms) reports about itself: manufacturer `IBM`, firmware
+/// 0x20191023.0x00163636 (shown as `8217.4131` by TPM2_GetCapability's two words).
+pub const SWTPM_MANUFACTURER: &str = "IBM";
+pub const SWTPM_FIRMWARE: &str = "8217.4131";
 
 const fn m(minutes: u64) -> Duration {
     Duration::from_secs(minutes * 60)
@@ -132,6 +141,9 @@ impl Profile {
             apps: m(22),
             esp_timeout: m(60),
             account: m(6),
+            // Dell Latitude: Nuvoton discrete TPM.
+            tpm_manufacturer: "NTC",
+            tpm_firmware: "7.2.3.1",
         };
         match name {
             // Windows 10 HP with a discrete Infineon TPM: slower attestation and apps.
@@ -140,6 +152,8 @@ impl Profile {
                 attestation: m(5),
                 apps: m(28),
                 esp_timeout: m(75),
+                tpm_manufacturer: "IFX",
+                tpm_firmware: "7.85",
                 ..base
             },
             // Fast NVMe, Windows 11 24H2.
@@ -148,6 +162,15 @@ impl Profile {
                 attestation: m(2),
                 ime: m(3),
                 apps: m(17),
+                tpm_manufacturer: "STM",
+                tpm_firmware: "1.769",
+                ..base
+            },
+            // Consumer laptop with an AMD firmware TPM (the Home edition device).
+            "aspire-5" => Profile {
+                boot: s(110),
+                tpm_manufacturer: "AMD",
+                tpm_firmware: "3.87",
                 ..base
             },
             _ => base,

@@ -108,4 +108,7 @@ impl WindowsSnapshot {
 /// A device the shell can look at.
 pub trait ShellTarget: Send + Sync {
     fn snapshot(&self) -> WindowsSnapshot;
+    /// `systemreset -factoryreset`: Windows reinstalls itself and restarts OOBE, as a lab
+    /// does between runs on the same PC. Devices that cannot do it ignore it.
+    fn factory_reset(&self) {}
 }

@@ -621,6 +621,7 @@ impl russh::server::Handler for Connection {
         }
         let snapshot = self.context.target.snapshot();
         let files_dir = self.context.files_dir.clone();
+        let command_for_effect = command.clone();
         let (code, out, err) = tokio::task::spawn_blocking(move || {
             windows::run_command(&snapshot, &command, &files_dir)
         })
@@ -637,6 +638,12 @@ impl russh::server::Handler for Connection {
         session.eof(channel)?;
         session.close(channel)?;
         self.channels.remove(&channel);
+        // The command has answered; now the device acts on it (and may go down).
+        if code == 0
+            && windows::effect_of(&command_for_effect) == Some(windows::Effect::FactoryReset)
+        {
+            self.context.target.factory_reset();
+        }
         Ok(())
     }
 

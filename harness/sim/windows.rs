@@ -52,6 +52,30 @@ fn crlf(text: &str) -> String {
     text.replace("\r\n", "\n").replace('\n', "\r\n")
 }
 
+/// What a command does to the device beyond its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// `systemreset -factoryreset`: reinstall Windows and restart OOBE.
+    FactoryReset,
+}
+
+/// The effect a command line has on the device once it has answered, if any.
+pub fn effect_of(command_line: &str) -> Option<Effect> {
+    let words = split_command_line(command_line).ok()?;
+    let mut texts = words.iter().filter_map(|w| match w {
+        Word::Text(t) => Some(t.to_ascii_lowercase()),
+        Word::Pipe => None,
+    });
+    let mut program = texts.next()?;
+    if program == "&" {
+        program = texts.next()?;
+    }
+    let program = program.strip_suffix(".exe").unwrap_or(&program);
+    let program = program.rsplit(['\\', '/']).next().unwrap_or(program);
+    let factory = texts.any(|a| a == "-factoryreset");
+    (program == "systemreset" && factory).then_some(Effect::FactoryReset)
+}
+
 /// One word of a command line, and whether it was a bare `|` (a pipeline separator).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Word {
@@ -210,6 +234,14 @@ fn run_words(
         "get-content" | "type" | "cat" | "gc" => get_content(snapshot, args, files_dir),
         "test-path" => test_path(snapshot, args, files_dir),
         "remove-item" | "del" | "rm" | "erase" => remove_item(args, files_dir),
+        "systemreset" if args.iter().any(|a| a.eq_ignore_ascii_case("-factoryreset")) => {
+            ok("Resetting this PC: Windows reinstalls itself and restarts OOBE.\n".into())
+        }
+        "systemreset" => (
+            1,
+            String::new(),
+            "systemreset: this lab image supports only `systemreset -factoryreset`\n".into(),
+        ),
         "hostname" => ok(format!("{}\n", snapshot.computer_name())),
         "whoami" => ok(format!(
             "{}\\labadmin\n",
@@ -1590,6 +1622,20 @@ mod tests {
         ] {
             let _ = run(&device(), line);
         }
+    }
+
+    #[test]
+    fn factory_reset_is_recognised_however_it_is_quoted() {
+        for line in [
+            "systemreset -factoryreset",
+            "& 'systemreset.exe' '-factoryreset'",
+            "C:\\Windows\\System32\\systemreset.exe -FactoryReset",
+        ] {
+            assert_eq!(effect_of(line), Some(Effect::FactoryReset), "{line}");
+        }
+        assert_eq!(effect_of("systemreset"), None);
+        assert_eq!(effect_of("dsregcmd /status"), None);
+        assert_eq!(effect_of("echo systemreset -factoryreset"), None);
     }
 
     #[test]
