@@ -31,7 +31,7 @@ clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --all-targets
+	$(CARGO) test --lib --bins --tests
 
 bench: deps
 	bench/run-all

@@ -36,7 +36,7 @@ fn json_plan_lists_cases_devices_phases_gaps_and_durations() {
     let plan: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(plan["lab"], "virtual-lab");
     assert_eq!(plan["time_scale"], 600.0);
-    assert_eq!(plan["scenarios"].as_array().unwrap().len(), 7);
+    assert_eq!(plan["scenarios"].as_array().unwrap().len(), 8);
 
     let e2e = scenario(&plan, "preprovision-e2e");
     assert_eq!(e2e["kind"], "test");
@@ -89,7 +89,7 @@ fn text_plan_shows_each_case_on_its_devices() {
         stdout.starts_with("lab virtual-lab (virtual, time scale 600: durations are lab time)\n")
     );
     assert!(stdout.contains(
-        "  case join=entra, windows=10: on pc03, pc04\n    phase  technician    16 steps  ~45m (expect_duration)\n    gap    1h 30m .. 180d\n"
+        "  case join=entra, windows=10: on pc03, pc04\n    phase  technician    18 steps  ~45m (expect_duration)\n    gap    1h 30m .. 180d\n"
     ), "{stdout}");
     assert!(
         stdout.contains("    total  ~2h 50m, 17s wall\n"),

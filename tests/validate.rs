@@ -50,7 +50,7 @@ fn validate_passes_on_the_shipped_files_with_a_one_line_summary() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "ok: 7 scenarios (14 cases), 7 devices in lab-inventory.yaml\n"
+        "ok: 8 scenarios (15 cases), 7 devices in lab-inventory.yaml\n"
     );
     assert!(
         out.stderr.is_empty(),
@@ -220,7 +220,7 @@ fn blocks_expand_with_their_origin_and_use_site() {
 
     // A block used inside a block remembers both places.
     let power_on = tech.iter().find(|s| s.name == "power on").unwrap();
-    assert_eq!(power_on.origin.block.as_deref(), Some("power-on-to-oobe"));
+    assert_eq!(power_on.origin.block.as_deref(), Some("factory-reset"));
     let inner = power_on.origin.used_at.as_ref().unwrap();
     assert_eq!(inner.block.as_deref(), Some("technician-flow"));
     assert!(
@@ -390,11 +390,11 @@ fn case_context_renders_device_tenant_matrix_and_vars_but_no_secret() {
     let c = case(&[("join", "hybrid")]);
     let ctx = case_context(d, tenant, &c, &vars);
     let t = Template(
-        "{{ vars.who }} {{ matrix.join }} {{ device.windows.edition }} {{ device.tags['domain-reachable'] }} {{ tenant.profile }}".into(),
+        "{{ vars.who }} {{ matrix.join }} {{ device.windows.edition }} {{ device.tags['domain-reachable'] }} {{ tenant.organization }}".into(),
     );
     assert_eq!(
         t.render(&ctx).unwrap(),
-        "alice@contoso.lab on pc05 hybrid education true Contoso Pre-provisioning"
+        "alice@contoso.lab on pc05 hybrid education true Contoso Lab"
     );
     let json = ctx.into_json().to_string();
     assert!(

@@ -338,7 +338,7 @@ impl Device {
         if !matches!(st.power, Power::On) {
             return;
         }
-        self.say(&mut st, "OOBE: reset this PC");
+        self.say(&st, "OOBE: reset this PC");
         st.disk = Disk::default();
         st.failure = None;
         st.esp = Esp::default();
