@@ -1,19 +1,18 @@
 # The two commands a lab engineer needs: `make demo` and `make test`.
-# Both install what is missing first (Debian packages, the pdudaemon venv).
+# Both install what is missing first (Debian packages, the pdudaemon and test-tool venvs).
 
 CARGO ?= cargo
-APLAB := target/release/aplab
+APLAB := target/debug/aplab
 
 .PHONY: deps demo test fmt-check clippy unit bench fuzz clean
 
 deps:
 	@scripts/install-deps
 	@scripts/install-pdudaemon
+	@scripts/install-test-tools
 
 demo: deps
-	$(CARGO) build --release --bin aplab
-	$(APLAB) validate
-	$(APLAB) plan
+	$(CARGO) build --bin aplab
 	$(APLAB) run
 
 test: deps fmt-check clippy unit

@@ -13,5 +13,9 @@
 
 pub mod cli;
 pub mod device;
+pub mod engine;
+pub mod fleet;
 pub mod model;
+pub mod report;
 pub mod sim;
+pub mod store;

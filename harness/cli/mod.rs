@@ -6,7 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod devices;
+pub mod history;
+pub mod inputs;
 pub mod plan;
+pub mod run;
+pub mod status;
 pub mod validate;
 
 /// Exit codes, as DESIGN.md fixes them.
@@ -38,6 +43,16 @@ pub enum Command {
     Validate(validate::Args),
     /// Show which scenario case runs on which device, its phases, gaps and duration.
     Plan(plan::Args),
+    /// Run scenarios on the lab's devices (all of them by default: the nightly suite).
+    Run(run::RunArgs),
+    /// Finish an interrupted or crashed run from the ledger.
+    Resume(run::ResumeArgs),
+    /// Current and recent runs, devices with health, lease and lifecycle state.
+    Status(status::Args),
+    /// Every device of the inventory, how it is reached, its health and lease.
+    Devices(devices::Args),
+    /// Compare a run with earlier runs: new failures, fixed, flaky, pass rate per model.
+    History(history::HistoryArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -48,10 +63,16 @@ pub fn main() -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::from(exit::BAD_INPUT);
     };
-    match command {
-        Command::Validate(args) => validate::run(args),
-        Command::Plan(args) => plan::run(args),
-    }
+    let code = match command {
+        Command::Run(args) => run::run(args),
+        Command::Resume(args) => run::resume(args),
+        Command::Status(args) => status::run(args),
+        Command::Devices(args) => devices::run(args),
+        Command::History(args) => return history::run(args),
+        Command::Validate(args) => return validate::run(args),
+        Command::Plan(args) => return plan::run(args),
+    };
+    ExitCode::from(code)
 }
 
 fn init_tracing(verbose: u8) {

@@ -7,10 +7,19 @@
 //! failure is understood (a refused TCP connection is `infrastructure`, a failure screen
 //! is `product`), and a hint that tells the lab engineer what to check.
 
+pub mod build;
+pub mod console;
+pub mod keyboard;
+pub mod pikvm;
+pub mod power;
+pub mod screen;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+pub mod tenant;
 
 pub use crate::model::scenario::{FailureClass, KeyPress, PowerState};
 
@@ -218,6 +227,36 @@ pub trait Tenant: Send + Sync {
     async fn unassign_user(&self, identity_id: &str) -> DeviceResult<()>;
     /// The managed device's complianceState.
     async fn compliance(&self, managed_device_id: &str) -> DeviceResult<String>;
+    /// The deployment profile assigned to this identity, `None` if none is (beta
+    /// `deploymentProfile`). Backends that cannot tell keep this default.
+    async fn deployment_profile(
+        &self,
+        identity_id: &str,
+    ) -> DeviceResult<Option<tenant::DeploymentProfile>> {
+        Err(DeviceError::harness(format!(
+            "this tenant backend cannot read the deployment profile of {identity_id}"
+        )))
+    }
+    /// The Graph application permissions the credentials carry, if the backend can tell
+    /// (from the token's `roles` claim); `None` when it cannot.
+    async fn granted_permissions(&self) -> DeviceResult<Option<Vec<String>>> {
+        Ok(None)
+    }
+    /// Registers a device by its hardware hash (base64, as Get-WindowsAutopilotInfo
+    /// writes it) and waits, within `poll`, until the import completes. Returns the new
+    /// identity's id (ZtdId). Backends that cannot import keep this default.
+    async fn import_identity(
+        &self,
+        serial: &str,
+        hardware_hash: &str,
+        group_tag: &str,
+        poll: tenant::Poll,
+    ) -> DeviceResult<String> {
+        let _ = (hardware_hash, group_tag, poll);
+        Err(DeviceError::harness(format!(
+            "this tenant backend cannot import the hardware hash of {serial}"
+        )))
+    }
 }
 
 /// A device's capabilities as backends, built from its inventory entry.
@@ -235,3 +274,6 @@ pub struct DeviceHandle {
     /// Where the device's artifacts go.
     pub artifacts: PathBuf,
 }
+
+pub mod shell;
+pub mod tpm;

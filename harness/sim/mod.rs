@@ -6,3 +6,8 @@
 //! hardware and cannot tell the difference.
 
 pub mod clock;
+pub mod snapshot;
+pub mod ssh;
+pub mod swtpm;
+pub mod tenant;
+pub mod windows;
