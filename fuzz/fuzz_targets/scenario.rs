@@ -20,12 +20,23 @@ static INVENTORY: LazyLock<Inventory> = LazyLock::new(|| {
 
 static BLOCKS: LazyLock<BlockSet> = LazyLock::new(|| {
     let files = [
-        ("blocks/power-on-to-oobe.yaml", include_str!("../../scenarios/blocks/power-on-to-oobe.yaml")),
-        ("blocks/technician-flow.yaml", include_str!("../../scenarios/blocks/technician-flow.yaml")),
-        ("blocks/user-flow.yaml", include_str!("../../scenarios/blocks/user-flow.yaml")),
+        (
+            "blocks/power-on-to-oobe.yaml",
+            include_str!("../../scenarios/blocks/power-on-to-oobe.yaml"),
+        ),
+        (
+            "blocks/technician-flow.yaml",
+            include_str!("../../scenarios/blocks/technician-flow.yaml"),
+        ),
+        (
+            "blocks/user-flow.yaml",
+            include_str!("../../scenarios/blocks/user-flow.yaml"),
+        ),
     ];
-    let files: Vec<(PathBuf, String)> =
-        files.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect();
+    let files: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+        .collect();
     let (blocks, problems) = blocks_from_str(&files);
     assert!(!problems.has_errors(), "{problems}");
     blocks

@@ -91,6 +91,12 @@ impl fmt::Display for Problem {
         )?;
         let number = self.line.to_string();
         let pad = " ".repeat(number.len());
+        if self.width == 0 {
+            if let Some(hint) = &self.hint {
+                writeln!(f, "{pad} = hint: {hint}")?;
+            }
+            return Ok(());
+        }
         // Tabs would make the caret drift; a tab is shown as one space.
         let shown: String = self
             .source_line
@@ -161,7 +167,8 @@ impl Problems {
             file: path.to_path_buf(),
             line: 1,
             col: 1,
-            width: 1,
+            // No position in the file: printed without a source line.
+            width: 0,
             message: message.into(),
             hint: Some(hint.to_string()),
             source_line: String::new(),
