@@ -585,13 +585,9 @@ impl Reader<'_> {
         ))
     }
 
-    fn gap(&mut self, node: &Node, index: usize) -> Option<Gap> {
-        if index == 0 {
-            self.p
-                .error(&node.span, "the first phase cannot have a `gap:`")
-                .hint("a gap is counted from the end of the previous phase");
-            return None;
-        }
+    /// A phase's gap counts from the end of the previous phase; on the first phase, from
+    /// the device's last reseal on record (a user flow run on its own).
+    fn gap(&mut self, node: &Node, _index: usize) -> Option<Gap> {
         let (min, max, allow_short, min_span) = if node.as_str().is_some() {
             (
                 duration(node, "gap", self.p)?,

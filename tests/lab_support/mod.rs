@@ -52,6 +52,33 @@ impl TestLab {
         cmd
     }
 
+    /// Starts `aplab lab up` for this lab as its own process (as a lab host runs it) and
+    /// returns once every endpoint listens. The lab stops when the guard is dropped.
+    pub fn start_lab(&self) -> LabProcess {
+        use std::io::BufRead;
+        let mut child = self
+            .command(&["lab", "up", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start aplab lab up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut guard = LabProcess { child };
+        match rx.recv_timeout(std::time::Duration::from_secs(180)) {
+            Ok(line) if line.trim_start().starts_with('{') => guard,
+            other => {
+                guard.stop();
+                panic!("the virtual lab did not come up: {other:?}");
+            }
+        }
+    }
+
     /// The reports directory of this lab.
     pub fn reports(&self) -> PathBuf {
         self.path("reports")
@@ -127,5 +154,38 @@ fn free_pair(held: &mut Vec<TcpListener>) -> u16 {
             held.push(second);
             return port;
         }
+    }
+}
+
+/// A running `aplab lab up`, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct LabProcess {
+    child: std::process::Child,
+}
+
+impl LabProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LabProcess {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
