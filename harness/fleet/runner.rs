@@ -259,11 +259,20 @@ impl Fleet {
             if cancel.is_cancelled() {
                 break;
             }
-            let Some(record) = known.get(&job.case_id).cloned() else {
+            let Some(mut record) = known.get(&job.case_id).cloned() else {
                 continue;
             };
             if record.status.is_done() {
                 continue;
+            }
+            if record.status == CaseStatus::Running && record.next_phase > 0 {
+                // A later phase was cut off (crash or Ctrl-C) mid-way: the device is now
+                // somewhere inside that phase (e.g. at the desktop after half a user
+                // flow), a state the phase cannot start from again. The case starts over
+                // from its first phase, which begins with a factory reset.
+                record.next_phase = 0;
+                record.status = CaseStatus::Pending;
+                self.ledger.advance_case(&record, None)?;
             }
             if let Some(bad) = self.bad_health(&device, &job)? {
                 self.finish(record, CaseStatus::Skipped, None, Some(bad))?;
