@@ -132,7 +132,8 @@ impl Fleet {
     }
 
     /// Finishes a run after a crash or an interruption: finished cases are kept, parked
-    /// waits keep their end instant, interrupted phases run again.
+    /// waits keep their end instant, a case cut off in its first phase runs that phase
+    /// again, and one cut off in a later phase starts again from its first phase.
     pub async fn resume(
         &self,
         jobs: Vec<Job>,
@@ -490,7 +491,7 @@ impl Fleet {
             });
 
             match outcome {
-                PhaseOutcome::Interrupted => return Ok(None), // stays Running: resume re-runs it
+                PhaseOutcome::Interrupted => return Ok(None), // stays Running: see device_queue
                 PhaseOutcome::Failed { class, message } => {
                     if is_health(job) {
                         self.set_health(device, Health::Bad, &message)?;
