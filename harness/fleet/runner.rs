@@ -132,7 +132,8 @@ impl Fleet {
     }
 
     /// Finishes a run after a crash or an interruption: finished cases are kept, parked
-    /// waits keep their end instant, interrupted phases run again.
+    /// waits keep their end instant, a case cut off in its first phase runs that phase
+    /// again, and one cut off in a later phase starts again from its first phase.
     pub async fn resume(
         &self,
         jobs: Vec<Job>,
@@ -259,11 +260,20 @@ impl Fleet {
             if cancel.is_cancelled() {
                 break;
             }
-            let Some(record) = known.get(&job.case_id).cloned() else {
+            let Some(mut record) = known.get(&job.case_id).cloned() else {
                 continue;
             };
             if record.status.is_done() {
                 continue;
+            }
+            if record.status == CaseStatus::Running && record.next_phase > 0 {
+                // A later phase was cut off (crash or Ctrl-C) mid-way: the device is now
+                // somewhere inside that phase (e.g. at the desktop after half a user
+                // flow), a state the phase cannot start from again. The case starts over
+                // from its first phase, which begins with a factory reset.
+                record.next_phase = 0;
+                record.status = CaseStatus::Pending;
+                self.ledger.advance_case(&record, None)?;
             }
             if let Some(bad) = self.bad_health(&device, &job)? {
                 self.finish(record, CaseStatus::Skipped, None, Some(bad))?;
@@ -481,7 +491,7 @@ impl Fleet {
             });
 
             match outcome {
-                PhaseOutcome::Interrupted => return Ok(None), // stays Running: resume re-runs it
+                PhaseOutcome::Interrupted => return Ok(None), // stays Running: see device_queue
                 PhaseOutcome::Failed { class, message } => {
                     if is_health(job) {
                         self.set_health(device, Health::Bad, &message)?;

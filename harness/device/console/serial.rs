@@ -60,6 +60,12 @@ pub fn open(device: &Path, baud: u32) -> io::Result<SerialStream> {
     let port = serialport::new(device.to_string_lossy(), baud)
         .open_native()
         .map_err(io::Error::from)?;
+    // What the device printed while nobody listened (a parked gap, a runner killed or
+    // stopped mid-phase) waits in the port's input queue; matched now it would be taken
+    // for output of the steps to come (e.g. an old "reset this PC" line). A phase reads
+    // only what the device prints once it watches.
+    serialport::SerialPort::clear(&port, serialport::ClearBuffer::Input)
+        .map_err(io::Error::from)?;
     // SAFETY: `into_raw_fd` hands over sole ownership of an open descriptor.
     let file = unsafe { File::from_raw_fd(port.into_raw_fd()) };
     let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL)?);
