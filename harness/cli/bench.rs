@@ -153,12 +153,10 @@ pub fn keys(args: KeysArgs) -> u8 {
                 args.keys.join(" ")
             },
             // The text may be a password: say how long it was, not what.
-            args.text
-                .as_ref()
-                .map_or(String::new(), |t| format!(
-                    ", typed {} characters",
-                    t.chars().count()
-                ))
+            args.text.as_ref().map_or(String::new(), |t| format!(
+                ", typed {} characters",
+                t.chars().count()
+            ))
         );
         Ok(exit::PASSED)
     })
@@ -430,10 +428,7 @@ fn only(device: &Device, capability: Capability) -> Device {
         d.tenant = None;
     }
     // A TPM read through Windows needs the shell.
-    let tpm_over_shell = matches!(
-        d.tpm_access,
-        Some(crate::model::inventory::TpmConn::Shell)
-    );
+    let tpm_over_shell = matches!(d.tpm_access, Some(crate::model::inventory::TpmConn::Shell));
     if !keep(Capability::Shell) && !(capability == Capability::Tpm && tpm_over_shell) {
         d.shell = None;
     }
