@@ -4,12 +4,12 @@
 //! the engineer is not talking to what they think.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::device::build::{ControllerLocks, Wiring, build};
 use crate::device::{DeviceError, DeviceHandle, EkCertificate, KeyPress, ReadBack};
-use crate::model::inventory::{Capability, ConsoleConn, Device, Inventory};
+use crate::model::inventory::{Capability, Device, Inventory};
 use crate::model::scenario::FailureClass;
 
 use super::exit;
@@ -144,20 +144,15 @@ pub fn keys(args: KeysArgs) -> u8 {
         if let Some(text) = &args.text {
             keyboard.type_text(text).await?;
         }
-        println!(
-            "{}: pressed {}{}",
-            handle.id,
-            if args.keys.is_empty() {
-                "no keys".to_string()
-            } else {
-                args.keys.join(" ")
-            },
+        let mut done = Vec::new();
+        if !args.keys.is_empty() {
+            done.push(format!("pressed {}", args.keys.join(" ")));
+        }
+        if let Some(text) = &args.text {
             // The text may be a password: say how long it was, not what.
-            args.text.as_ref().map_or(String::new(), |t| format!(
-                ", typed {} characters",
-                t.chars().count()
-            ))
-        );
+            done.push(format!("typed {} characters", text.chars().count()));
+        }
+        println!("{}: {}", handle.id, done.join(", "));
         Ok(exit::PASSED)
     })
 }
@@ -429,7 +424,8 @@ fn only(device: &Device, capability: Capability) -> Device {
     }
     // A TPM read through Windows needs the shell.
     let tpm_over_shell = matches!(d.tpm_access, Some(crate::model::inventory::TpmConn::Shell));
-    if !keep(Capability::Shell) && !(capability == Capability::Tpm && tpm_over_shell) {
+    let needs_shell = keep(Capability::Shell) || (keep(Capability::Tpm) && tpm_over_shell);
+    if !needs_shell {
         d.shell = None;
     }
     if !keep(Capability::Tpm) {
@@ -463,17 +459,35 @@ pub fn code_for(e: &DeviceError) -> u8 {
     }
 }
 
-/// Where a console connection goes, for the attach banner.
-pub fn describe(conn: &ConsoleConn) -> String {
-    match conn {
-        ConsoleConn::Serial { device, baud } => format!("serial {} at {baud}", show(device)),
-        ConsoleConn::Tcp { host, port } => format!("tcp {host}:{port}"),
-        ConsoleConn::Rfc2217 { host, port, baud } => {
-            format!("rfc2217 {host}:{port} at {baud}")
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn show(p: &Path) -> String {
-    p.display().to_string()
+    #[test]
+    fn key_words_parse_with_counts_and_modifiers() {
+        let p = key_press("MetaLeft*5").unwrap();
+        assert_eq!((p.key.as_str(), p.times), ("MetaLeft", 5));
+        assert!(p.modifiers.is_empty());
+        let p = key_press("Ctrl+Shift+KeyD").unwrap();
+        assert_eq!(p.key, "KeyD");
+        assert_eq!(p.modifiers, ["Ctrl", "Shift"]);
+        assert_eq!(p.times, 1);
+    }
+
+    #[test]
+    fn bad_key_words_are_refused_with_a_suggestion() {
+        assert!(
+            key_press("Entr")
+                .unwrap_err()
+                .contains("did you mean `Enter`?")
+        );
+        assert!(key_press("Enter*0").unwrap_err().contains("1 to 100"));
+        assert!(key_press("Enter*x").unwrap_err().contains("1 to 100"));
+        assert!(
+            key_press("Ctrl+Shfit+KeyD")
+                .unwrap_err()
+                .contains("`Shfit`")
+        );
+        assert!(key_press("").is_err());
+    }
 }
