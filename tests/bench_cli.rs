@@ -182,6 +182,15 @@ fn an_engineer_drives_pc01_by_hand() {
         "{tpm}"
     );
 
+    let checked = ok(&lab, &["tpm", "pc01", "--ek", "--attest"]);
+    assert!(
+        checked.contains("EK certificate: valid")
+            && checked.contains("attestation: quote over a fresh nonce verified"),
+        "{checked}"
+    );
+    assert!(ok(&lab, &["screen", "pc01", "--qr"]).contains("no QR code on screen"));
+    assert!(ok(&lab, &["keys", "pc01", "--text", "abc"]).contains("typed 3 characters"));
+
     // Bad input: exit 2 with a message that says what to fix.
     let out = lab.aplab(&["power", "pc1", "state"]);
     let (_, stderr) = text(&out);
@@ -220,4 +229,95 @@ fn bench_commands_say_how_to_start_a_lab_that_is_not_running() {
             "aplab {args:?}: {stderr}"
         );
     }
+}
+
+fn pdudaemon_binary() -> std::path::PathBuf {
+    let path = std::env::var_os("APLAB_PDUDAEMON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(".cache/pdudaemon-venv/bin/pdudaemon")
+        });
+    assert!(
+        path.exists(),
+        "pdudaemon not found at {} (set APLAB_PDUDAEMON, or run `make test`, which installs it)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn power_through_pdudaemon_says_the_state_cannot_be_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let outlet_log = dir.path().join("outlet.log");
+    let config = serde_json::json!({
+        "daemon": {"hostname": "127.0.0.1", "port": port, "listener": "http"},
+        "pdus": {"lab-local": {"driver": "localcmdline",
+            "cmd_on": format!("echo port %s ON >> {}", outlet_log.display()),
+            "cmd_off": format!("echo port %s OFF >> {}", outlet_log.display())}}
+    });
+    let conf = dir.path().join("pdudaemon.conf");
+    std::fs::write(&conf, config.to_string()).unwrap();
+    let _pdudaemon = Killed(
+        std::process::Command::new(pdudaemon_binary())
+            .arg("--conf")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pdudaemon"),
+    );
+    wait_for("pdudaemon listens", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| "up".to_string())
+    });
+    // A hardware inventory: no virtual lab, one bench device on a PDU outlet.
+    let inventory = dir.path().join("lab-inventory.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "lab: {{ name: bench, ledger: {0}/ledger.sqlite, reports: {0}/reports }}\n\
+             devices:\n\
+             \x20 - id: bench1\n\
+             \x20   serial: B-1\n\
+             \x20   manufacturer: Dell Inc.\n\
+             \x20   model: OptiPlex 7010\n\
+             \x20   windows: {{ edition: pro, version: 11 }}\n\
+             \x20   power: {{ pdudaemon: {{ url: \"http://127.0.0.1:{port}\", pdu: lab-local, port: 3 }} }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let aplab = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_aplab"))
+            .args(args)
+            .arg("--inventory")
+            .arg(&inventory)
+            .output()
+            .expect("run aplab")
+    };
+    let out = aplab(&["power", "bench1", "on"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("bench1: power on requested; the power controller cannot report the state"),
+        "{stdout}"
+    );
+    wait_for("the outlet went on", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(&outlet_log).unwrap_or_default();
+        (log.trim() == "port 3 ON").then_some(log)
+    });
+    let out = aplab(&["power", "bench1", "state"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("bench1: the power controller cannot report the state"),
+        "{stdout}"
+    );
 }

@@ -103,10 +103,18 @@ pub fn power(args: PowerArgs) -> u8 {
                 };
                 println!("{}: power {state}", handle.id)
             }
-            ReadBack::Unavailable(why) => println!(
-                "{}: done; the power controller cannot report the state ({why})",
-                handle.id
-            ),
+            ReadBack::Unavailable(why) => {
+                let asked = match args.action {
+                    PowerAction::On => "power on requested; ",
+                    PowerAction::Off => "power off requested; ",
+                    PowerAction::Cycle => "power cycle requested; ",
+                    PowerAction::State => "",
+                };
+                println!(
+                    "{}: {asked}the power controller cannot report the state ({why})",
+                    handle.id
+                )
+            }
         }
         Ok(exit::PASSED)
     })
