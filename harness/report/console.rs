@@ -110,7 +110,13 @@ pub fn excerpt(log: &[u8], until: Option<jiff::Timestamp>, lines: usize) -> Stri
         None => all.len(),
     };
     let start = end.saturating_sub(lines);
-    all[start..end].join("\n")
+    // The console log writes a device's CR as `\r`; at a line end it is only the
+    // device's CRLF and says nothing to a reader.
+    all[start..end]
+        .iter()
+        .map(|l| l.strip_suffix("\\r").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -133,5 +139,10 @@ mod tests {
         let out = excerpt(log, Some(until), 10);
         assert!(out.ends_with("| two"), "{out}");
         assert_eq!(excerpt(b"a\nb\nc\n", None, 2), "b\nc");
+        // A device's CRLF, escaped in the log, is not shown at line ends.
+        assert_eq!(
+            excerpt(b"x | boot\\r\ny | mid\\r more\\r\n", None, 5),
+            "x | boot\ny | mid\\r more"
+        );
     }
 }

@@ -20,22 +20,8 @@ use super::graph::{RetryPolicy, send_retrying};
 use crate::device::{DeviceError, DeviceResult};
 use crate::model::inventory::{Credential, SecretRef, TenantConfig};
 
-/// Reads a secret from where the inventory says it is.
-pub fn resolve_secret(secret: &SecretRef) -> DeviceResult<String> {
-    match secret {
-        SecretRef::Env(name) => std::env::var(name).map_err(|_| {
-            DeviceError::config(format!("environment variable {name} is not set")).with_hint(
-                format!("export {name} with the tenant's client secret before the run"),
-            )
-        }),
-        SecretRef::File(path) => std::fs::read_to_string(path)
-            .map(|text| text.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| {
-                DeviceError::config(format!("cannot read secret file {}: {e}", path.display()))
-                    .with_hint("check the path and that the harness user may read it")
-            }),
-    }
-}
+/// Reads a secret from where the inventory says it is (one reader for every backend).
+pub use crate::device::build::secret as resolve_secret;
 
 /// `client_assertion_type` of a certificate credential.
 pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
