@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+pub mod console;
 pub mod devices;
 pub mod history;
 pub mod inputs;
@@ -56,6 +58,16 @@ pub enum Command {
     Devices(devices::Args),
     /// Compare a run with earlier runs: new failures, fixed, flaky, pass rate per model.
     History(history::HistoryArgs),
+    /// At the bench: power a device on or off, or read its power state.
+    Power(bench::PowerArgs),
+    /// At the bench: attach the terminal to a device's console (Enter ~ . detaches).
+    Console(bench::ConsoleArgs),
+    /// At the bench: press keys on a device's keyboard (`MetaLeft*5 Enter`, --text).
+    Keys(bench::KeysArgs),
+    /// At the bench: the text on a device's screen; --snapshot FILE.png, --qr.
+    Screen(bench::ScreenArgs),
+    /// At the bench: a device's TPM facts; --ek checks the EK certificate, --attest a quote.
+    Tpm(bench::TpmArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -75,6 +87,11 @@ pub fn main() -> ExitCode {
         Command::Lab(args) => return lab::run(args),
         Command::Validate(args) => return validate::run(args),
         Command::Plan(args) => return plan::run(args),
+        Command::Power(args) => bench::power(args),
+        Command::Console(args) => bench::console(args),
+        Command::Keys(args) => bench::keys(args),
+        Command::Screen(args) => bench::screen(args),
+        Command::Tpm(args) => bench::tpm(args),
     };
     ExitCode::from(code)
 }
