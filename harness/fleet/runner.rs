@@ -32,6 +32,10 @@ pub struct FleetOptions {
     pub time_scale: TimeScale,
     /// Phases running at once across the fleet (parked devices do not count).
     pub max_active: Option<usize>,
+    /// Cases decided impossible before anything runs (pre-flight found their device
+    /// unusable): case id -> why. They are recorded as skipped (class `config`) with the
+    /// reason, in the ledger and the reports, and never leased.
+    pub skip: BTreeMap<String, String>,
 }
 
 impl FleetOptions {
@@ -42,6 +46,7 @@ impl FleetOptions {
             lease_ttl: Duration::from_secs(60),
             time_scale,
             max_active: None,
+            skip: BTreeMap::new(),
         }
     }
 }
@@ -178,6 +183,21 @@ impl Fleet {
             devices: queues.len(),
             resumed,
         });
+
+        let mut known = known;
+        for (case_id, reason) in &self.opts.skip {
+            if let Some(record) = known.get_mut(case_id)
+                && !record.status.is_done()
+            {
+                self.finish(
+                    record.clone(),
+                    CaseStatus::Skipped,
+                    Some(FailureClass::Config),
+                    Some(reason.clone()),
+                )?;
+                record.status = CaseStatus::Skipped;
+            }
+        }
 
         let heartbeat = self.spawn_heartbeat();
         let known = Arc::new(known);
