@@ -13,7 +13,7 @@ use super::{FleetEvent, Job, PhaseOutcome, SharedRunner, TimeScale};
 use crate::model::scenario::FailureClass;
 use crate::store::{
     CaseRecord, CaseStatus, DeviceHealth, Health, Lease, Ledger, LedgerResult, LifecycleEvent,
-    Millis, ParkedWait, RunStatus, now_millis,
+    Millis, ParkedWait, RunStatus, StepRecord, now_millis,
 };
 
 /// The lifecycle event recorded when a technician phase passes (the device is resealed).
@@ -189,6 +189,21 @@ impl Fleet {
             if let Some(record) = known.get_mut(case_id)
                 && !record.status.is_done()
             {
+                // A step record carries the reason into the reports (which tell a case
+                // without events from its step records).
+                self.ledger.record_step(&StepRecord {
+                    run_id: run_id.clone(),
+                    case_id: case_id.clone(),
+                    phase: "pre-flight".into(),
+                    step: "tenant pre-flight".into(),
+                    attempt: 1,
+                    status: "skipped".into(),
+                    class: Some(FailureClass::Config.as_str().into()),
+                    code: None,
+                    message: Some(reason.clone()),
+                    started_at: now_millis(),
+                    elapsed_ms: 0,
+                })?;
                 self.finish(
                     record.clone(),
                     CaseStatus::Skipped,
