@@ -187,6 +187,27 @@ fn dry_run_prints_the_graph_calls_redacts_the_secret_and_powers_nothing() {
         !lab.reports().exists() || std::fs::read_dir(lab.reports()).unwrap().next().is_none(),
         "a dry-run wrote a run directory"
     );
+
+    // Credentials that no longer work (the tenant keeps the secret it was given): the
+    // run stops with exit 2 before anything is powered, and says what to check.
+    let secret_file = lab.path("lab-state/secrets/contoso-client-secret");
+    std::fs::write(&secret_file, "not-the-secret-0000").unwrap();
+    let out = lab.aplab(&[
+        "run",
+        "technician-flow",
+        "--matrix",
+        "join=entra",
+        "--device",
+        "pc01",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pre-flight: tenant contoso: the credentials do not work"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-secret-0000"), "{stderr}");
+    assert_eq!(power_state(&lab, "pc01"), "Off");
 }
 
 #[test]
