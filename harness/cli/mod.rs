@@ -13,6 +13,7 @@ pub mod history;
 pub mod inputs;
 pub mod lab;
 pub mod plan;
+pub mod preflight;
 pub mod run;
 pub mod status;
 pub mod validate;

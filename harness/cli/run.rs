@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Leave out health checks.
     #[arg(long)]
     pub no_health: bool,
+    /// Plan and pre-flight, print the Graph calls the tenant steps would make (secrets
+    /// redacted), and stop: nothing is powered, nothing is written to the tenant.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -75,6 +79,10 @@ pub struct Common {
     /// Do not start the virtual lab (use one already running with `aplab lab up`).
     #[arg(long)]
     pub no_lab: bool,
+    /// Do not check the devices against their tenant before the run.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_preflight: bool,
 }
 
 /// What a run was asked to do, stored in the ledger so `resume` can rebuild it.
@@ -94,7 +102,7 @@ pub fn run(args: RunArgs) -> u8 {
         matrix: args.matrix,
         no_health: args.no_health,
     };
-    execute(args.common, filters, None)
+    execute(args.common, filters, None, args.dry_run)
 }
 
 pub fn resume(args: ResumeArgs) -> u8 {
@@ -142,10 +150,10 @@ pub fn resume(args: ResumeArgs) -> u8 {
     common.inventory = Some(request.inventory);
     common.scenarios = request.scenarios;
     common.keep_on_failure |= request.keep_on_failure;
-    execute(common, request.filters, Some(record.id))
+    execute(common, request.filters, Some(record.id), false)
 }
 
-fn execute(common: Common, filters: Filters, resume: Option<String>) -> u8 {
+fn execute(common: Common, filters: Filters, resume: Option<String>, dry_run: bool) -> u8 {
     let inventory_path = super::inputs::inventory_arg(&common.inventory);
     let inventory = match super::inputs::inventory(&inventory_path) {
         Ok(i) => Arc::new(i),
@@ -185,8 +193,9 @@ fn execute(common: Common, filters: Filters, resume: Option<String>) -> u8 {
         }
     };
     // The virtual lab runs as its own process: the harness reaches it only through the
-    // protocols it uses on hardware.
-    let _lab = match (&inventory.lab.virtual_lab, common.no_lab) {
+    // protocols it uses on hardware. A dry-run without pre-flight talks to nothing.
+    let needs_lab = !(dry_run && common.no_preflight);
+    let _lab = match (&inventory.lab.virtual_lab, common.no_lab || !needs_lab) {
         (Some(_), false) => match VirtualLabProcess::start(&inventory_path, &inventory) {
             Ok(lab) => lab,
             Err(e) => {
@@ -196,6 +205,43 @@ fn execute(common: Common, filters: Filters, resume: Option<String>) -> u8 {
         },
         _ => None,
     };
+    // Before anything is powered: are the devices ready in their tenant?
+    let verdict = if common.no_preflight {
+        super::preflight::Verdict::default()
+    } else {
+        runtime.block_on(super::preflight::check(
+            &inventory,
+            &scenarios,
+            &planned.jobs,
+        ))
+    };
+    if let Some(code) = verdict.stop {
+        return code;
+    }
+    let nothing_left = planned
+        .jobs
+        .iter()
+        .all(|j| verdict.skip.contains_key(&j.case_id));
+    if dry_run {
+        let shown = runtime.block_on(super::preflight::dry_run(
+            &inventory,
+            &scenarios,
+            &planned.jobs,
+            &verdict.skip,
+        ));
+        return match shown {
+            Ok(()) if nothing_left => exit::BAD_INPUT,
+            Ok(()) => exit::PASSED,
+            Err(e) => {
+                eprintln!("error: cannot print the dry-run: {e}");
+                exit::INFRASTRUCTURE
+            }
+        };
+    }
+    if nothing_left {
+        eprintln!("error: pre-flight leaves nothing that can run; nothing was powered");
+        return exit::BAD_INPUT;
+    }
     let request = Request {
         inventory: inventory_path.clone(),
         scenarios: common.scenarios.clone(),
@@ -209,6 +255,7 @@ fn execute(common: Common, filters: Filters, resume: Option<String>) -> u8 {
         common,
         request,
         resume,
+        verdict.skip,
     ))
 }
 
@@ -219,6 +266,7 @@ async fn drive(
     common: Common,
     request: Request,
     resume: Option<String>,
+    skip: std::collections::BTreeMap<String, String>,
 ) -> u8 {
     let ledger = match super::inputs::ledger(&inventory) {
         Ok(l) => l,
@@ -261,6 +309,7 @@ async fn drive(
     ));
     let mut opts = FleetOptions::new(run_id.clone(), TimeScale(scale));
     opts.max_active = common.jobs;
+    opts.skip = skip;
     let fleet = Fleet::new(ledger.clone(), runner, opts, fleet_tx);
 
     let cancel = CancellationToken::new();

@@ -13,7 +13,7 @@ use super::{FleetEvent, Job, PhaseOutcome, SharedRunner, TimeScale};
 use crate::model::scenario::FailureClass;
 use crate::store::{
     CaseRecord, CaseStatus, DeviceHealth, Health, Lease, Ledger, LedgerResult, LifecycleEvent,
-    Millis, ParkedWait, RunStatus, now_millis,
+    Millis, ParkedWait, RunStatus, StepRecord, now_millis,
 };
 
 /// The lifecycle event recorded when a technician phase passes (the device is resealed).
@@ -32,6 +32,10 @@ pub struct FleetOptions {
     pub time_scale: TimeScale,
     /// Phases running at once across the fleet (parked devices do not count).
     pub max_active: Option<usize>,
+    /// Cases decided impossible before anything runs (pre-flight found their device
+    /// unusable): case id -> why. They are recorded as skipped (class `config`) with the
+    /// reason, in the ledger and the reports, and never leased.
+    pub skip: BTreeMap<String, String>,
 }
 
 impl FleetOptions {
@@ -42,6 +46,7 @@ impl FleetOptions {
             lease_ttl: Duration::from_secs(60),
             time_scale,
             max_active: None,
+            skip: BTreeMap::new(),
         }
     }
 }
@@ -179,6 +184,36 @@ impl Fleet {
             devices: queues.len(),
             resumed,
         });
+
+        let mut known = known;
+        for (case_id, reason) in &self.opts.skip {
+            if let Some(record) = known.get_mut(case_id)
+                && !record.status.is_done()
+            {
+                // A step record carries the reason into the reports (which tell a case
+                // without events from its step records).
+                self.ledger.record_step(&StepRecord {
+                    run_id: run_id.clone(),
+                    case_id: case_id.clone(),
+                    phase: "pre-flight".into(),
+                    step: "tenant pre-flight".into(),
+                    attempt: 1,
+                    status: "skipped".into(),
+                    class: Some(FailureClass::Config.as_str().into()),
+                    code: None,
+                    message: Some(reason.clone()),
+                    started_at: now_millis(),
+                    elapsed_ms: 0,
+                })?;
+                self.finish(
+                    record.clone(),
+                    CaseStatus::Skipped,
+                    Some(FailureClass::Config),
+                    Some(reason.clone()),
+                )?;
+                record.status = CaseStatus::Skipped;
+            }
+        }
 
         let heartbeat = self.spawn_heartbeat();
         let known = Arc::new(known);
