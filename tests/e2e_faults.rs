@@ -195,8 +195,8 @@ fn run(lab: &TestLab, args: &[&str]) -> Run {
     };
     for (slug, case) in &run.cases {
         eprintln!(
-            "{slug}: {} {:?} {:?}",
-            case.status, case.failed_steps, case.fatal
+            "{slug}: {} {:?} {:?} retried={:?}",
+            case.status, case.failed_steps, case.fatal, case.retried
         );
     }
     assert!(!run.cases.is_empty(), "the run planned no cases:\n{stderr}");
@@ -308,8 +308,14 @@ fn technician_flow_faults_end_in_the_right_class_code_and_signature() {
         Some("0x800705B4"),
         "esp-timeout-shown",
     );
-    // The serial link comes back: the case passes.
+    // The console link drops (the reader notes it) and comes back: the case passes.
     run.assert_passed(&tf("pc03", "10"));
+    assert!(
+        run.case(&tf("pc03", "10"))
+            .console
+            .contains("--- link lost at"),
+        "pc03's serial drop never fired"
+    );
     // Not registered: the tenant has no Autopilot identity for it, a configuration
     // problem of the lab's tenant (found before the device is touched).
     run.assert_failed(
