@@ -299,6 +299,43 @@ fn known() -> Vec<Known> {
             cause: "lacks the Graph application permission",
             remedy: "grant admin consent",
         },
+        // The device itself shows 0x800705B4 when its ESP times out after attestation
+        // (the virtual lab's ClockSkew and SlowEsp faults; tests/e2e_faults.rs).
+        Known {
+            fault: "ClockSkew (red screen)",
+            facts: FailureFacts {
+                console: "ESP: DeviceSetup: Certificates: certificate not yet valid (device clock \
+                          is out of sync)\nESP: DeviceSetup: Certificates failed 0x800705B4"
+                    .into(),
+                ..red_screen("0x800705B4")
+            },
+            signature: "esp-timeout-shown-clock-skew",
+            cause: "clock is off",
+            remedy: "Resynchronise",
+        },
+        Known {
+            fault: "SlowEsp (red screen)",
+            facts: FailureFacts {
+                console: "ESP: DeviceSetup: Apps failed 0x800705B4".into(),
+                ..red_screen("0x800705B4")
+            },
+            signature: "esp-timeout-shown",
+            cause: "ran past its timeout",
+            remedy: "ESP tracking registry key",
+        },
+        Known {
+            fault: "registered: false",
+            facts: FailureFacts {
+                class: "config".into(),
+                code: Some("not registered".into()),
+                phase: "technician".into(),
+                message: "no Autopilot identity with serial PF4ABC0D5 in the tenant".into(),
+                ..Default::default()
+            },
+            signature: "device-not-registered",
+            cause: "hardware hash was never imported",
+            remedy: "Import the hardware hash",
+        },
     ]
 }
 

@@ -980,6 +980,14 @@ impl Device {
                 .to_string(),
         );
         // A skewed clock makes certificate validation fail until the ESP gives up.
+        if skewed && step == EspStep::Certificates {
+            // What a skewed clock looks like from inside: every certificate is "not yet
+            // valid" (or expired), so the step retries until the ESP gives up.
+            self.say(
+                st,
+                "ESP: DeviceSetup: Certificates: certificate not yet valid (device clock is out of sync)",
+            );
+        }
         if skewed && step == EspStep::Certificates || now + time > deadline {
             return Plan::Run {
                 time: deadline.saturating_sub(now),

@@ -3,7 +3,7 @@
 //! 429 with Retry-After).
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Form, OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -306,6 +306,19 @@ impl TenantState {
         fault
     }
 
+    /// A 429 for a request inside the current throttling window: Retry-After is what is
+    /// left of it.
+    fn still_throttled(&mut self, left: Duration) -> GraphFault {
+        self.stats.throttled += 1;
+        let mut fault = GraphFault::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "Too many requests from this application; retry after the given delay",
+        );
+        fault.retry_after = Some(left.as_secs() + u64::from(left.subsec_nanos() > 0));
+        fault
+    }
+
     /// Outage, authentication, throttling and permission, in that order. `permissions`:
     /// any one of them allows the request. Returns the caller's tenant.
     fn pass(
@@ -348,9 +361,12 @@ impl TenantState {
             )
         })?;
         let wall = Instant::now();
-        if self.throttled_until.is_some_and(|until| wall < until) {
+        if let Some(until) = self.throttled_until.filter(|until| wall < *until) {
+            // A request inside the window is refused for the rest of it, without
+            // extending it: other clients that honour Retry-After must get through
+            // when it ends (extending it on every early request starves them all).
             self.stats.early_retries += 1;
-            return Err(self.throttled(wall));
+            return Err(self.still_throttled(until - wall));
         }
         if self.throttle_next > 0 {
             self.throttle_next -= 1;
