@@ -262,6 +262,9 @@ fn technician_flow_faults_end_in_the_right_class_code_and_signature() {
             "--matrix",
             "join=entra",
             "--no-health",
+            // The devices and the tenant enforce these rules themselves; the pre-flight
+            // would skip the unregistered and disallowed devices before they are powered.
+            "--no-preflight",
         ],
     );
     // Product failures alone would exit 1; a configuration failure (pc04) takes
@@ -429,6 +432,9 @@ fn user_flow_and_process_faults_end_in_the_right_class_code_and_signature() {
             "--scenarios",
             &extra,
             "--no-health",
+            // The devices and the tenant enforce these rules themselves; the pre-flight
+            // would skip the unregistered and disallowed devices before they are powered.
+            "--no-preflight",
         ],
     );
     assert_eq!(run.exit, Some(1), "product failures make exit code 1");
