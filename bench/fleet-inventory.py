@@ -32,11 +32,17 @@ def main():
     p.add_argument("--base", type=int, default=30000)
     p.add_argument("--time-scale", type=float, default=60)
     a = p.parse_args()
-    # Control, tenant, Redfish, PiKVM, then one SSH port per device.
-    ports = list(range(a.base, a.base + 4 + a.n))
-    busy = [q for q in ports if not free(q)]
-    if busy:
-        sys.exit(f"ports {busy[:5]}... are in use; pick another --base")
+    # Control, tenant, Redfish, PiKVM, then one SSH port per device: the first free
+    # run of ports from --base on (other labs may hold some).
+    base = a.base
+    while True:
+        ports = list(range(base, base + 4 + a.n))
+        busy = [q for q in ports if not free(q)]
+        if not busy:
+            break
+        base = busy[-1] + 1
+        if base + 4 + a.n > 65000:
+            sys.exit(f"no {4 + a.n} free consecutive ports from {a.base} on")
     ctl, tenant, redfish, kvm = ports[:4]
     out = [
         f"""lab:
