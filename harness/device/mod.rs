@@ -9,6 +9,7 @@
 
 pub mod build;
 pub mod console;
+pub mod http;
 pub mod keyboard;
 pub mod pikvm;
 pub mod power;

@@ -24,11 +24,10 @@ pub struct PikvmSession {
 impl PikvmSession {
     /// `url` is the KVM's base URL (a path prefix is kept: `http://lab/pc01`).
     pub fn new(url: &str, user: &str, password: String, verify_tls: bool) -> DeviceResult<Self> {
-        let client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(!verify_tls)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| DeviceError::harness(format!("cannot build an HTTP client: {e}")))?;
+        let client = super::http::client(super::http::ClientKind {
+            verify_tls,
+            connect_timeout: None,
+        })?;
         Ok(PikvmSession {
             client,
             url: url.trim_end_matches('/').to_string(),
@@ -64,6 +63,7 @@ impl PikvmSession {
         let mut request = self
             .client
             .request(method, &url)
+            .timeout(REQUEST_TIMEOUT)
             .header("X-KVMD-User", &self.user)
             .header("X-KVMD-Passwd", &self.password);
         if let Some(body) = body {

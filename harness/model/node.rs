@@ -175,6 +175,10 @@ pub fn parse(file: &Arc<SourceFile>, problems: &mut Problems) -> Option<Node> {
             }
         };
         let here = span_of(file, span.start, span.end);
+        // Nodes this event adds to the document: one, or an alias's whole copy. A
+        // finished sequence or map adds only itself (its children were counted as they
+        // came), so nesting does not count a node once per level.
+        let mut added = 1;
         let node = match event {
             Event::DocumentStart(..) => {
                 documents += 1;
@@ -203,6 +207,7 @@ pub fn parse(file: &Arc<SourceFile>, problems: &mut Problems) -> Option<Node> {
             }
             Event::Alias(id) => match anchors.get(&id) {
                 Some(target) => {
+                    added = target.size;
                     let mut node = target.clone();
                     node.span = here;
                     node
@@ -268,7 +273,7 @@ pub fn parse(file: &Arc<SourceFile>, problems: &mut Problems) -> Option<Node> {
             }
             _ => continue,
         };
-        total += node.size;
+        total += added;
         if total > MAX_NODES {
             problems
                 .error(&node.span, format!("more than {MAX_NODES} YAML nodes"))
@@ -329,5 +334,20 @@ mod tests {
         let (node, p) = tree(&bomb);
         assert!(node.is_none());
         assert!(p.items[0].message.contains("YAML nodes"), "{p}");
+    }
+
+    #[test]
+    fn nesting_counts_each_node_once() {
+        // 20,000 items of 5 nodes each (100,001 in all) are accepted although each
+        // node sits inside up to three parents (counted once per level: 220,001);
+        // 100,000 items of 3 nodes (300,001) are refused.
+        let doc: String = (0..20_000)
+            .map(|i| format!("- {{a: {{b: {i}}}}}\n"))
+            .collect();
+        let (node, p) = tree(&doc);
+        assert!(node.is_some(), "{p}");
+        let doc: String = (0..100_000).map(|i| format!("- {{a: {i}}}\n")).collect();
+        let (node, _) = tree(&doc);
+        assert!(node.is_none());
     }
 }

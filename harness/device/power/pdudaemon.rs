@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{excerpt, http_error};
-use crate::device::{DeviceError, DeviceResult, Power, ReadBack};
+use crate::device::{DeviceResult, Power, ReadBack};
 
 const NO_READ_BACK: &str = "pdudaemon cannot report outlet state";
 
@@ -20,10 +20,10 @@ pub struct PdudaemonPower {
 
 impl PdudaemonPower {
     pub fn new(url: &str, pdu: &str, port: u32) -> DeviceResult<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| DeviceError::harness(format!("cannot build an HTTP client: {e}")))?;
+        let client = crate::device::http::client(crate::device::http::ClientKind {
+            verify_tls: true,
+            connect_timeout: None,
+        })?;
         Ok(PdudaemonPower {
             client,
             url: url.trim_end_matches('/').to_string(),
@@ -58,6 +58,7 @@ impl PdudaemonPower {
             .client
             .get(format!("{}/power/control/{action}", self.url))
             .query(&query)
+            .timeout(Duration::from_secs(30))
             .send()
             .await
             .map_err(|e| http_error(&what, None, &e.to_string(), hint.clone()))?;

@@ -23,11 +23,10 @@ impl RedfishPower {
         password: Option<String>,
         verify_tls: bool,
     ) -> DeviceResult<Self> {
-        let client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(!verify_tls)
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| DeviceError::harness(format!("cannot build an HTTP client: {e}")))?;
+        let client = crate::device::http::client(crate::device::http::ClientKind {
+            verify_tls,
+            connect_timeout: None,
+        })?;
         Ok(RedfishPower {
             client,
             url: url.trim_end_matches('/').to_string(),
@@ -52,7 +51,10 @@ impl RedfishPower {
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let request = self.client.request(method, url);
+        let request = self
+            .client
+            .request(method, url)
+            .timeout(std::time::Duration::from_secs(30));
         match &self.user {
             Some(user) => request.basic_auth(user, self.password.as_ref()),
             None => request,

@@ -324,11 +324,10 @@ impl GraphTenant {
                 "e.g. https://login.microsoftonline.com (or the sovereign cloud's login host)",
             )
         })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(policy.connect_timeout)
-            .user_agent(concat!("aplab/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DeviceError::harness(format!("cannot build the HTTP client: {e}")))?;
+        let http = crate::device::http::client(crate::device::http::ClientKind {
+            verify_tls: true,
+            connect_timeout: Some(policy.connect_timeout),
+        })?;
         Ok(GraphTenant {
             name: config.name.clone(),
             client_id: config.client_id.clone(),
