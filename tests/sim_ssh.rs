@@ -11,11 +11,15 @@ use aplab::sim::ssh::{self, ShellDevice, SshEndpoint};
 
 /// The device side of the test: a snapshot the test changes (what simdev's device does
 /// for real).
-struct FakeDevice(Mutex<WindowsSnapshot>);
+/// The device side as the SSH server sees it; `resets` counts factory resets asked of it.
+struct FakeDevice(Mutex<WindowsSnapshot>, std::sync::atomic::AtomicUsize);
 
 impl ShellTarget for FakeDevice {
     fn snapshot(&self) -> WindowsSnapshot {
         self.0.lock().unwrap().clone()
+    }
+    fn factory_reset(&self) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -87,7 +91,7 @@ impl Lab {
             state,
             _dir: dir,
             port,
-            device: Arc::new(FakeDevice(Mutex::new(booted_device()))),
+            device: Arc::new(FakeDevice(Mutex::new(booted_device()), Default::default())),
             endpoint: None,
             shell,
         };
@@ -216,6 +220,25 @@ async fn dsregcmd_over_ssh_follows_the_join_state() {
         "{stdout}"
     );
     assert!(stdout.contains("              DomainJoined : YES\n"));
+
+    // A factory reset answers first (exit 0 reaches the client), then the device acts.
+    let out = lab.ssh("& 'systemreset' '-factoryreset'").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Resetting this PC"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lab.device.1.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the device never got the reset"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(lab.device.1.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        lab.ssh("systemreset").await.status.code(),
+        Some(1),
+        "only -factoryreset is supported"
+    );
 
     // Exit status and stderr come through as the device produced them.
     let out = lab.ssh("Get-Frobnicator -All").await;
