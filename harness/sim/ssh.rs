@@ -30,9 +30,6 @@ use tokio::task::JoinHandle;
 use crate::model::inventory::{self, Fault};
 use crate::sim::snapshot::{ShellTarget, WindowsSnapshot};
 use crate::sim::windows::{self, HOME, WinPath};
-
-/// How long after `systemreset -factoryreset` answers the device restarts (wall time).
-const RESET_AFTER: std::time::Duration = std::time::Duration::from_millis(1500);
 /// How often the listener looks at the device's power and boot state.
 const STATE_POLL: Duration = Duration::from_millis(100);
 
@@ -640,18 +637,11 @@ impl russh::server::Handler for Connection {
         session.eof(channel)?;
         session.close(channel)?;
         self.channels.remove(&channel);
-        // The command has answered; the device acts on it a moment later, as Windows
-        // restarts a little after `systemreset` returns. Acting at once could take the
-        // device (and this server) down before the exit status reaches the client, which
-        // would then see a dropped connection and try again.
+        // The command has answered; now the device acts on it (and may go down).
         if code == 0
             && windows::effect_of(&command_for_effect) == Some(windows::Effect::FactoryReset)
         {
-            let target = self.context.target.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(RESET_AFTER).await;
-                target.factory_reset();
-            });
+            self.context.target.factory_reset();
         }
         Ok(())
     }
