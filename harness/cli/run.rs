@@ -51,7 +51,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
-    pub common: Common,
+    pub settings: RunSettings,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,11 +59,12 @@ pub struct ResumeArgs {
     /// The run to finish (default: the latest unfinished one).
     pub run: Option<String>,
     #[command(flatten)]
-    pub common: Common,
+    pub settings: RunSettings,
 }
 
+/// How a run or resume is carried out (shared by both commands).
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
-pub struct Common {
+pub struct RunSettings {
     /// The lab inventory.
     #[arg(long, short)]
     pub inventory: Option<PathBuf>,
@@ -102,11 +103,11 @@ pub fn run(args: RunArgs) -> u8 {
         matrix: args.matrix,
         no_health: args.no_health,
     };
-    execute(args.common, filters, None, args.dry_run)
+    execute(args.settings, filters, None, args.dry_run)
 }
 
 pub fn resume(args: ResumeArgs) -> u8 {
-    let inventory_path = super::inputs::inventory_arg(&args.common.inventory);
+    let inventory_path = super::inputs::inventory_arg(&args.settings.inventory);
     let inventory = match super::inputs::inventory(&inventory_path) {
         Ok(i) => i,
         Err(code) => return code,
@@ -146,20 +147,20 @@ pub fn resume(args: ResumeArgs) -> u8 {
             return exit::BAD_INPUT;
         }
     };
-    let mut common = args.common;
-    common.inventory = Some(request.inventory);
-    common.scenarios = request.scenarios;
-    common.keep_on_failure |= request.keep_on_failure;
-    execute(common, request.filters, Some(record.id), false)
+    let mut settings = args.settings;
+    settings.inventory = Some(request.inventory);
+    settings.scenarios = request.scenarios;
+    settings.keep_on_failure |= request.keep_on_failure;
+    execute(settings, request.filters, Some(record.id), false)
 }
 
-fn execute(common: Common, filters: Filters, resume: Option<String>, dry_run: bool) -> u8 {
-    let inventory_path = super::inputs::inventory_arg(&common.inventory);
+fn execute(settings: RunSettings, filters: Filters, resume: Option<String>, dry_run: bool) -> u8 {
+    let inventory_path = super::inputs::inventory_arg(&settings.inventory);
     let inventory = match super::inputs::inventory(&inventory_path) {
         Ok(i) => Arc::new(i),
         Err(code) => return code,
     };
-    let scenarios = match crate::model::load_scenarios(&common.scenarios, &inventory) {
+    let scenarios = match crate::model::load_scenarios(&settings.scenarios, &inventory) {
         Ok(s) => s,
         Err(problems) => {
             eprint!("{problems}");
@@ -194,8 +195,8 @@ fn execute(common: Common, filters: Filters, resume: Option<String>, dry_run: bo
     };
     // The virtual lab runs as its own process: the harness reaches it only through the
     // protocols it uses on hardware. A dry-run without pre-flight talks to nothing.
-    let needs_lab = !(dry_run && common.no_preflight);
-    let _lab = match (&inventory.lab.virtual_lab, common.no_lab || !needs_lab) {
+    let needs_lab = !(dry_run && settings.no_preflight);
+    let _lab = match (&inventory.lab.virtual_lab, settings.no_lab || !needs_lab) {
         (Some(_), false) => match VirtualLabProcess::start(&inventory_path, &inventory) {
             Ok(lab) => lab,
             Err(e) => {
@@ -206,7 +207,7 @@ fn execute(common: Common, filters: Filters, resume: Option<String>, dry_run: bo
         _ => None,
     };
     // Before anything is powered: are the devices ready in their tenant?
-    let verdict = if common.no_preflight {
+    let verdict = if settings.no_preflight {
         super::preflight::Verdict::default()
     } else {
         runtime.block_on(super::preflight::check(
@@ -244,15 +245,15 @@ fn execute(common: Common, filters: Filters, resume: Option<String>, dry_run: bo
     }
     let request = Request {
         inventory: inventory_path.clone(),
-        scenarios: common.scenarios.clone(),
+        scenarios: settings.scenarios.clone(),
         filters,
-        keep_on_failure: common.keep_on_failure,
+        keep_on_failure: settings.keep_on_failure,
     };
     runtime.block_on(drive(
         inventory,
         scenarios,
         planned.jobs,
-        common,
+        settings,
         request,
         resume,
         verdict.skip,
@@ -263,7 +264,7 @@ async fn drive(
     inventory: Arc<Inventory>,
     scenarios: Vec<Scenario>,
     jobs: Vec<crate::fleet::Job>,
-    common: Common,
+    settings: RunSettings,
     request: Request,
     resume: Option<String>,
     skip: std::collections::BTreeMap<String, String>,
@@ -295,7 +296,7 @@ async fn drive(
     let (fleet_tx, mut fleet_rx) = mpsc::unbounded_channel::<FleetEvent>();
     let (engine_tx, mut engine_rx) = mpsc::unbounded_channel::<Event>();
     let options = RunOptions {
-        keep_on_failure: common.keep_on_failure,
+        keep_on_failure: settings.keep_on_failure,
         ..RunOptions::default()
     };
     let runner = Arc::new(EngineRunner::new(
@@ -308,7 +309,7 @@ async fn drive(
         Some(engine_tx),
     ));
     let mut opts = FleetOptions::new(run_id.clone(), TimeScale(scale));
-    opts.max_active = common.jobs;
+    opts.max_active = settings.jobs;
     opts.skip = skip;
     let fleet = Fleet::new(ledger.clone(), runner, opts, fleet_tx);
 
