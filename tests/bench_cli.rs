@@ -21,34 +21,6 @@ impl Drop for Killed {
     }
 }
 
-/// Starts `aplab lab up --json` and waits for its first line (printed once every
-/// endpoint listens).
-fn lab_up(lab: &TestLab) -> Killed {
-    let mut child = lab
-        .command(&["lab", "up", "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start aplab lab up");
-    let stdout = child.stdout.take().unwrap();
-    let lab_process = Killed(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(180))
-        .expect("the virtual lab did not report ready within 180 s");
-    assert!(
-        line.trim_start().starts_with('{'),
-        "the lab stopped before it was ready: {line:?}"
-    );
-    lab_process
-}
-
 fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -93,7 +65,7 @@ fn an_engineer_drives_pc01_by_hand() {
             .collect::<Vec<_>>()
             .join("\n")
     });
-    let _lab_process = lab_up(&lab);
+    let _lab_process = lab.start_lab();
 
     // Power, read back from the Redfish controller.
     assert!(

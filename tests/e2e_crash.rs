@@ -12,7 +12,6 @@
 mod lab_support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,56 +36,6 @@ const SELECTION: &[&str] = &[
 const TIME_SCALE: i64 = 600;
 /// The process's minimum gap between the technician and the user flow, in wall ms.
 const MIN_GAP_WALL_MS: i64 = 90 * 60 * 1000 / TIME_SCALE;
-
-/// The virtual lab as a process of its own, stopped (SIGTERM, then SIGKILL) on drop.
-struct LabProcess {
-    child: Child,
-}
-
-impl LabProcess {
-    fn start(lab: &TestLab) -> LabProcess {
-        let mut child = lab
-            .command(&["lab", "up", "--json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start `aplab lab up`");
-        let stdout = child.stdout.take().expect("lab stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let mut lab = LabProcess { child };
-        // The lab prints one JSON line once every endpoint listens.
-        let line = rx
-            .recv_timeout(Duration::from_secs(180))
-            .expect("the virtual lab was not ready within 180 s");
-        assert!(
-            line.trim_start().starts_with('{'),
-            "the virtual lab did not start: {line:?} (status {:?})",
-            lab.child.try_wait()
-        );
-        lab
-    }
-}
-
-impl Drop for LabProcess {
-    fn drop(&mut self) {
-        terminate(&mut self.child);
-    }
-}
-
-/// SIGTERM, wait up to 20 s, then SIGKILL.
-fn terminate(child: &mut Child) {
-    signal(child, nix::sys::signal::Signal::SIGTERM);
-    if wait_exit(child, Duration::from_secs(20)).is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
 
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -425,7 +374,7 @@ fn owner_prefix(child: &Child) -> String {
 #[test]
 fn sigkill_at_random_moments_then_resume_gives_the_verdicts_of_an_uninterrupted_run() {
     let lab = TestLab::shipped(|t| t);
-    let _lab_process = LabProcess::start(&lab);
+    let _lab_process = lab.start_lab();
 
     // The reference: the same selection, uninterrupted.
     let started = Instant::now();
@@ -516,7 +465,7 @@ fn sigkill_at_random_moments_then_resume_gives_the_verdicts_of_an_uninterrupted_
 #[test]
 fn ctrl_c_once_stops_gracefully_and_resume_finishes_the_run() {
     let lab = TestLab::shipped(|t| t);
-    let _lab_process = LabProcess::start(&lab);
+    let _lab_process = lab.start_lab();
 
     let started = Instant::now();
     let runner = Runner::spawn(&lab, &as_strs(&run_args(&[])));
@@ -575,7 +524,7 @@ fn ctrl_c_once_stops_gracefully_and_resume_finishes_the_run() {
 #[test]
 fn two_runners_started_at_once_never_drive_one_device_together() {
     let lab = TestLab::shipped(|t| t);
-    let _lab_process = LabProcess::start(&lab);
+    let _lab_process = lab.start_lab();
 
     // Overlapping selections: pc02 is in both.
     let first = [

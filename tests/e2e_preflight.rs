@@ -6,10 +6,6 @@
 
 mod lab_support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
-
 use lab_support::TestLab;
 
 /// The shipped lab with `sim` settings added to one device.
@@ -77,44 +73,6 @@ fn an_unregistered_device_has_its_cases_skipped_and_the_others_pass() {
     );
 }
 
-/// `aplab lab up` in the background, stopped (SIGTERM, then kill) on drop.
-struct LabUp(Child);
-
-impl LabUp {
-    fn start(lab: &TestLab) -> LabUp {
-        let mut child = lab
-            .command(&["lab", "up", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start aplab lab up");
-        let stdout = child.stdout.take().unwrap();
-        let up = LabUp(child);
-        // It prints one JSON line once every endpoint listens (read_line blocks until
-        // then or until the process exits).
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert!(line.trim_start().starts_with('{'), "lab up said: {line:?}");
-        up
-    }
-}
-
-impl Drop for LabUp {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The device's Redfish `PowerState`, from the relocated inventory's BMC URL.
 fn power_state(lab: &TestLab, device: &str) -> String {
     let text = std::fs::read_to_string(&lab.inventory).unwrap();
@@ -139,7 +97,7 @@ fn power_state(lab: &TestLab, device: &str) -> String {
 #[test]
 fn dry_run_prints_the_graph_calls_redacts_the_secret_and_powers_nothing() {
     let lab = TestLab::shipped(|t| t);
-    let _up = LabUp::start(&lab);
+    let _up = lab.start_lab();
     let secret = std::fs::read_to_string(lab.path("lab-state/secrets/contoso-client-secret"))
         .expect("lab up wrote the tenant's client secret");
     let secret = secret.trim();

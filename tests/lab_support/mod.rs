@@ -58,6 +58,7 @@ impl TestLab {
         use std::io::BufRead;
         let mut child = self
             .command(&["lab", "up", "--json"])
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
