@@ -64,20 +64,28 @@ impl Pty {
 
     /// Writes bytes towards the harness. A serial line with nobody reading loses bytes:
     /// if the PTY stays full for `patience`, the unread backlog is discarded (so a reader
-    /// that opens the port later does not get a burst of stale lines) and the rest of
-    /// these bytes is dropped.
+    /// that opens the port later gets the newest lines, not a burst of stale ones) and the
+    /// write goes on. Only if the port is still full after that are these bytes dropped.
     pub async fn write(&self, mut bytes: &[u8], patience: Duration) -> io::Result<()> {
+        let mut flushed_without_progress = false;
         while !bytes.is_empty() {
             let ready = tokio::time::timeout(patience, self.master.writable()).await;
             let Ok(guard) = ready else {
+                if flushed_without_progress {
+                    return Ok(());
+                }
                 let _ = tcflush(&self._slave, FlushArg::TCIFLUSH);
-                return Ok(());
+                flushed_without_progress = true;
+                continue;
             };
             let mut guard = guard?;
             match guard
                 .try_io(|fd| nix::unistd::write(fd.get_ref(), bytes).map_err(io::Error::from))
             {
-                Ok(Ok(n)) => bytes = &bytes[n..],
+                Ok(Ok(n)) => {
+                    bytes = &bytes[n..];
+                    flushed_without_progress = false;
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }
@@ -96,7 +104,9 @@ impl Drop for Pty {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::io::Read;
+    use std::os::fd::AsFd;
     use std::os::unix::fs::OpenOptionsExt;
 
     #[tokio::test]
@@ -117,13 +127,19 @@ mod tests {
             .custom_flags(libc_flags())
             .open(&link)
             .unwrap();
+        // The kernel hands bytes from master to slave asynchronously, so an empty read
+        // is not the end: read until the newest line is in, with a generous deadline.
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
-        loop {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !got.ends_with(b"fresh\n") && std::time::Instant::now() < deadline {
             match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut fds, PollTimeout::from(100u16));
+                }
                 Err(e) => panic!("read: {e}"),
             }
         }
