@@ -135,6 +135,19 @@ pub const MIN_ATTEMPT_WALL: Duration = Duration::from_secs(10);
 /// each of which may spend seconds of wall time on transports.
 pub const MIN_PHASE_WALL: Duration = Duration::from_secs(90);
 
+/// How much slower a long wait polls: never more than this long between two reads.
+pub const MAX_POLL: Duration = Duration::from_secs(30);
+
+/// The poll interval after `waited` of a wait that polls every `base`: `base` for the
+/// first twelve reads, then a twelfth of the time waited so far, at most [`MAX_POLL`]
+/// (or `base` if that is longer). A 40-minute ESP is then read about 100 times instead
+/// of 480, and what the device shows is still seen within 5% of the time waited (30 s
+/// at most). Every read of a screen is an OCR on the KVM (seconds of CPU on a
+/// Raspberry Pi); every read of the tenant counts against Graph's throttling.
+pub fn backoff(base: Duration, waited: Duration) -> Duration {
+    (waited / 12).clamp(base, MAX_POLL.max(base))
+}
+
 /// A poll interval of `lab`, stretched so it lasts at least [`MIN_POLL_WALL`] of wall time.
 pub fn poll_interval(clock: &dyn Clock, lab: Duration) -> Duration {
     at_least_wall(clock, lab, MIN_POLL_WALL)
@@ -162,6 +175,28 @@ pub fn at_least_wall(clock: &dyn Clock, lab: Duration, min_wall: Duration) -> Du
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_waits_poll_less_often_up_to_a_cap() {
+        let base = Duration::from_secs(5);
+        assert_eq!(backoff(base, Duration::ZERO), base);
+        assert_eq!(backoff(base, Duration::from_secs(60)), base);
+        assert_eq!(
+            backoff(base, Duration::from_secs(120)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(backoff(base, Duration::from_secs(3600)), MAX_POLL);
+        // A base longer than the cap is kept as the user set it.
+        let slow = Duration::from_secs(45);
+        assert_eq!(backoff(slow, Duration::from_secs(3600)), slow);
+        // Forty minutes of waiting: about a hundred reads, not 480.
+        let (mut waited, mut reads) = (Duration::ZERO, 0);
+        while waited < Duration::from_secs(40 * 60) {
+            waited += backoff(base, waited);
+            reads += 1;
+        }
+        assert!((80..=120).contains(&reads), "{reads} reads");
+    }
 
     #[test]
     fn polls_are_stretched_to_the_wall_floor_only_when_needed() {

@@ -10,7 +10,7 @@ use crate::device::DeviceError;
 use crate::model::inventory::Capability;
 use crate::model::scenario::{Expect, FailureClass, Outcome, Pattern, Source, Verdict};
 
-use super::clock::poll_interval;
+use super::clock::{backoff, poll_interval};
 use super::events::EventKind;
 use super::step::{Attempt, Done, Failure, StepCtx};
 
@@ -87,7 +87,8 @@ async fn on_console(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> At
     )
 }
 
-/// Reads the screen every `screen_poll` until an outcome's pattern matches or the
+/// Reads the screen every `screen_poll` (less often as a long wait goes on, see
+/// [`backoff`]) until an outcome's pattern matches or the
 /// attempt's deadline passes. A failed read is remembered and polling goes on: a KVM
 /// that hiccups once must not fail the step, one that never answers must say so.
 async fn on_screen(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> Attempt {
@@ -100,7 +101,7 @@ async fn on_screen(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> Att
     let clock = &ctx.run.clock;
     let mut last_title: Option<String> = None;
     let mut last_error: Option<DeviceError>;
-    let poll = poll_interval(clock.as_ref(), ctx.run.options.screen_poll);
+    let started = clock.now();
     loop {
         match screen.text().await {
             Ok(text) => {
@@ -134,6 +135,8 @@ async fn on_screen(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> Att
         if now >= ctx.deadline {
             break;
         }
+        let lab = backoff(ctx.run.options.screen_poll, now.saturating_sub(started));
+        let poll = poll_interval(clock.as_ref(), lab);
         clock.sleep_until((now + poll).min(ctx.deadline)).await;
     }
     match last_error {

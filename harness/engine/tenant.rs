@@ -8,7 +8,7 @@ use crate::model::duration::format_duration;
 use crate::model::inventory::Capability;
 use crate::model::scenario::{FailureClass, ResetMethod, TenantOp};
 
-use super::clock::poll_interval;
+use super::clock::{backoff, poll_interval};
 use super::events::EventKind;
 use super::outcome::CaseState;
 use super::step::{Attempt, Done, Failure, StepCtx};
@@ -162,7 +162,7 @@ enum Polled {
     GaveUp(String),
 }
 
-/// Asks `read` every `tenant_poll` until it says done or `deadline` passes. Each new
+/// Asks `read` every `tenant_poll` (less often as a long wait goes on) until it says done or `deadline` passes. Each new
 /// value is reported as a `DeviceStateSeen`. Errors end the poll (the retry policy
 /// decides about them); a 429 is the tenant backend's to wait out.
 async fn poll<F, Fut>(
@@ -178,7 +178,7 @@ where
     let clock = &ctx.run.clock;
     let until = (clock.now() + deadline).min(ctx.deadline);
     let mut last: Option<String> = None;
-    let every = poll_interval(clock.as_ref(), ctx.run.options.tenant_poll);
+    let started = clock.now();
     loop {
         let (value, done) = read().await?;
         if last.as_deref() != Some(value.as_str()) {
@@ -195,6 +195,8 @@ where
         if now >= until {
             return Ok(Polled::GaveUp(last.unwrap_or_default()));
         }
+        let lab = backoff(ctx.run.options.tenant_poll, now.saturating_sub(started));
+        let every = poll_interval(clock.as_ref(), lab);
         clock.sleep_until((now + every).min(until)).await;
     }
 }

@@ -17,7 +17,7 @@ use crate::engine::{
 };
 use crate::model::inventory::Inventory;
 use crate::model::scenario::{FailureClass, Scenario};
-use crate::report::rundir::RunDir;
+use crate::report::rundir::{CaseEvents, RunDir};
 use crate::store::{Ledger, StepRecord};
 
 /// Runs phases on real (or virtual-lab) devices through the engine.
@@ -105,6 +105,7 @@ impl PhaseRunner for EngineRunner {
             }
         };
         let sink = Arc::new(RunSink {
+            events: CaseEvents::new((*self.run_dir).clone(), job.case_id.clone()),
             run_dir: self.run_dir.clone(),
             case_id: job.case_id.clone(),
             ledger: self.ledger.clone(),
@@ -185,6 +186,7 @@ impl PhaseRunner for EngineRunner {
 /// Where a case's engine events go: its event log in the run directory, step results in
 /// the ledger, and the terminal.
 struct RunSink {
+    events: CaseEvents,
     run_dir: Arc<RunDir>,
     case_id: String,
     ledger: Arc<dyn Ledger>,
@@ -197,7 +199,7 @@ impl EventSink for RunSink {
     fn emit(&self, event: Event) {
         // The event log is the record reports are built from; a write failure is logged
         // and the run goes on (the ledger still has the step results).
-        if let Err(e) = self.run_dir.append_event(&self.case_id, &event) {
+        if let Err(e) = self.events.append(&event) {
             tracing::warn!("cannot write the event log of {}: {e}", self.case_id);
         }
         let at = event.at.as_millisecond();
