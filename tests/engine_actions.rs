@@ -908,3 +908,44 @@ async fn enrolled_device_record_is_deleted_and_compliance_is_awaited() {
         "complianceState is \"noncompliant\" after 20m, expected one of [\"compliant\"]"
     );
 }
+
+/// Progress lines and the event log show a step's templates rendered for the case, but
+/// a template that calls `secret()` only as written.
+#[tokio::test(start_paused = true)]
+async fn step_descriptions_render_templates_but_never_secrets() {
+    let steps = vec![
+        step(
+            "tag",
+            Action::Tenant(TenantOp::SetGroupTag {
+                tag: Template("{{ matrix.join }}-{{ device.id }}".into()),
+            }),
+        ),
+        step(
+            "password",
+            Action::Text {
+                text: Template("{{ secret(name=\"user-password\") }}".into()),
+                secret: false,
+            },
+        ),
+    ];
+    let mut bench = Bench::new(scenario(vec![phase("technician", steps)]));
+    bench.case.insert("join".into(), "hybrid".into());
+    let tenant = Arc::new(ScriptedTenant::new(contoso_identity()));
+    bench.handle.tenant = Some(Box::new(ArcTenant(tenant)));
+    bench.handle.keyboard = Some(Box::new(RecordingKeyboard::default()));
+    engine::run_case(bench.run()).await;
+    let described: Vec<String> = bench
+        .events
+        .kinds()
+        .into_iter()
+        .filter_map(|k| match k {
+            EventKind::StepStarted { what, .. } => Some(what),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(described[0], "tenant: set group tag `hybrid-pc01`");
+    assert_eq!(
+        described.last().unwrap(),
+        "type `{{ secret(name=\"user-password\") }}`"
+    );
+}

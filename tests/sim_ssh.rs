@@ -11,8 +11,14 @@ use aplab::sim::ssh::{self, ShellDevice, SshEndpoint};
 
 /// The device side of the test: a snapshot the test changes (what simdev's device does
 /// for real).
-/// The device side as the SSH server sees it; `resets` counts factory resets asked of it.
-struct FakeDevice(Mutex<WindowsSnapshot>, std::sync::atomic::AtomicUsize);
+/// The device side as the SSH server sees it; `.1` counts factory resets asked of it;
+/// with `.2` set, a factory reset takes the device down at once (as a real reset does a
+/// moment later).
+struct FakeDevice(
+    Mutex<WindowsSnapshot>,
+    std::sync::atomic::AtomicUsize,
+    std::sync::atomic::AtomicBool,
+);
 
 impl ShellTarget for FakeDevice {
     fn snapshot(&self) -> WindowsSnapshot {
@@ -20,6 +26,9 @@ impl ShellTarget for FakeDevice {
     }
     fn factory_reset(&self) {
         self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.2.load(std::sync::atomic::Ordering::SeqCst) {
+            self.0.lock().unwrap().powered = false;
+        }
     }
 }
 
@@ -91,7 +100,11 @@ impl Lab {
             state,
             _dir: dir,
             port,
-            device: Arc::new(FakeDevice(Mutex::new(booted_device()), Default::default())),
+            device: Arc::new(FakeDevice(
+                Mutex::new(booted_device()),
+                Default::default(),
+                Default::default(),
+            )),
             endpoint: None,
             shell,
         };
@@ -244,6 +257,23 @@ async fn dsregcmd_over_ssh_follows_the_join_state() {
     let out = lab.ssh("Get-Frobnicator -All").await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("'Get-Frobnicator' is not recognized"));
+}
+
+/// The reset takes the device down at once, and the client still gets the command's
+/// answer: the session sends what it had queued before the connection ends (as a real
+/// machine's TCP stack does). A lost answer made the harness reset Windows twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_that_takes_the_device_down_still_answers() {
+    let lab = Lab::new();
+    lab.device
+        .2
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = lab.ssh("systemreset -factoryreset").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Resetting this PC"));
+    assert_eq!(lab.device.1.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // And the device is really down now: the next connection is refused.
+    lab.ssh_until("hostname", refused).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,37 +67,50 @@ impl Swtpm {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        // libtss2's swtpm TCTI talks to the control channel on the next port up.
-        let (port, ctrl) = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--server"])
-            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-            .arg("--ctrl")
-            .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
-            .arg("--tpmstate")
-            .arg(format!("dir={d}/state"))
-            .args(["--flags", "not-need-init,startup-clear"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start swtpm (install swtpm: make deps)");
-        let swtpm = Swtpm {
-            dir,
-            port,
-            ctrl,
-            child,
+        // libtss2's swtpm TCTI talks to the control channel on the next port up. A free
+        // port can be taken by a test running alongside before swtpm binds it: swtpm then
+        // exits ("Address already in use") and is started again on other ports.
+        let start_on = |port: u16, ctrl: u16| {
+            Command::new("swtpm")
+                .args(["socket", "--tpm2", "--server"])
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"))
+                .arg("--tpmstate")
+                .arg(format!("dir={d}/state"))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start swtpm (install swtpm: make deps)")
         };
-        // Probe the control port: the server port serves one client at a time.
         let deadline = Instant::now() + Duration::from_secs(30);
-        for p in [ctrl, port] {
-            while TcpStream::connect(("127.0.0.1", p)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "swtpm did not listen on {p} in 30 s"
-                );
-                std::thread::yield_now();
+        'start: loop {
+            assert!(
+                Instant::now() < deadline,
+                "swtpm exited at start for 30 s (see its messages above)"
+            );
+            let (port, ctrl) = free_port_pair();
+            let mut child = start_on(port, ctrl);
+            // Probe the control port first: the server port serves one client at a time.
+            for p in [ctrl, port] {
+                while TcpStream::connect(("127.0.0.1", p)).is_err() {
+                    if child.try_wait().unwrap().is_some() {
+                        continue 'start;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "swtpm did not listen on {p} in 30 s"
+                    );
+                    std::thread::yield_now();
+                }
             }
+            break Swtpm {
+                dir,
+                port,
+                ctrl,
+                child,
+            };
         }
-        swtpm
     }
 
     fn tcti(&self) -> String {

@@ -27,3 +27,17 @@ pub(crate) fn render(run: &CaseRun<'_>, template: &Template) -> Result<String, S
         .render_with_secrets(&ctx, &resolve)
         .map_err(|e| format!("cannot render `{}`: {e}", template.0))
 }
+
+/// A template as a person reads it in progress lines and event logs: rendered for this
+/// case (`set group tag `entra``, not `{{ matrix.join }}`), but as written when it calls
+/// `secret()`, so a secret's value never reaches a description, or when it does not
+/// render (the step itself reports that).
+pub(crate) fn shown(run: &CaseRun<'_>, template: &Template) -> String {
+    if !template.is_dynamic() || !template.secret_names().is_empty() {
+        return template.0.clone();
+    }
+    let ctx = case_context(run.device, run.tenant, &run.case, &run.scenario.vars);
+    template
+        .render_with_secrets(&ctx, &|_| Err("no secrets in descriptions".into()))
+        .unwrap_or_else(|_| template.0.clone())
+}

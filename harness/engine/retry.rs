@@ -58,7 +58,7 @@ pub(crate) async fn run_step(
             EventKind::StepStarted {
                 attempt: made,
                 attempts_allowed: allowed,
-                what: step::describe(&step.action),
+                what: step::describe(run, &step.action),
                 origin: step::origin(step),
                 block: step.origin.block.clone(),
             },

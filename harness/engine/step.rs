@@ -195,7 +195,9 @@ pub(crate) fn budget(run: &CaseRun<'_>, step: &Step) -> Duration {
 }
 
 /// A short description of what a step does, for `StepStarted`. Never holds a secret.
-pub(crate) fn describe(action: &Action) -> String {
+/// What a step does, in a line for people (progress, event log), its templates rendered
+/// for this case (see [`render::shown`]).
+pub(crate) fn describe(run: &CaseRun<'_>, action: &Action) -> String {
     match action {
         Action::Power(p) => format!("power {}", power_word(*p)),
         Action::Keys(keys) => {
@@ -218,7 +220,7 @@ pub(crate) fn describe(action: &Action) -> String {
             if *secret {
                 "type secret text".to_string()
             } else {
-                format!("type `{}`", text.0)
+                format!("type `{}`", render::shown(run, text))
             }
         }
         Action::Expect(e) => {
@@ -234,7 +236,7 @@ pub(crate) fn describe(action: &Action) -> String {
             let mut line = s.program.clone();
             for a in &s.args {
                 line.push(' ');
-                line.push_str(&a.0);
+                line.push_str(&render::shown(run, a));
             }
             format!("run `{line}`")
         }
@@ -242,7 +244,7 @@ pub(crate) fn describe(action: &Action) -> String {
             let names: Vec<&str> = checks.iter().map(tpm_word).collect();
             format!("check the TPM: {}", names.join(", "))
         }
-        Action::Tenant(op) => format!("tenant: {}", tenant_words(op)),
+        Action::Tenant(op) => format!("tenant: {}", tenant_words(run, op)),
         Action::Wait(Wait::Fixed(d)) => {
             format!("wait {}", crate::model::duration::format_duration(*d))
         }
@@ -251,7 +253,7 @@ pub(crate) fn describe(action: &Action) -> String {
         }) => format!(
             "wait up to {} until: {}",
             crate::model::duration::format_duration(*deadline),
-            describe(check)
+            describe(run, check)
         ),
         Action::Collect(items) => {
             let names: Vec<&str> = items.iter().map(|d| collect::kind(*d)).collect();
@@ -270,7 +272,7 @@ fn tpm_word(check: &TpmCheck) -> &'static str {
     }
 }
 
-fn tenant_words(op: &TenantOp) -> String {
+fn tenant_words(run: &CaseRun<'_>, op: &TenantOp) -> String {
     match op {
         TenantOp::ResetRecord { method } => match method {
             ResetMethod::Delete => "delete the Intune record".into(),
@@ -280,8 +282,8 @@ fn tenant_words(op: &TenantOp) -> String {
             "wait up to {} for the profile assignment",
             crate::model::duration::format_duration(*deadline)
         ),
-        TenantOp::SetGroupTag { tag } => format!("set group tag `{}`", tag.0),
-        TenantOp::AssignUser { user } => format!("assign user `{}`", user.0),
+        TenantOp::SetGroupTag { tag } => format!("set group tag `{}`", render::shown(run, tag)),
+        TenantOp::AssignUser { user } => format!("assign user `{}`", render::shown(run, user)),
         TenantOp::UnassignUser => "unassign the user".into(),
         TenantOp::Compliance { expect, deadline } => format!(
             "wait up to {} for compliance {}",

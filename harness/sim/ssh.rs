@@ -32,6 +32,8 @@ use crate::sim::snapshot::{ShellTarget, WindowsSnapshot};
 use crate::sim::windows::{self, HOME, WinPath};
 /// How often the listener looks at the device's power and boot state.
 const STATE_POLL: Duration = Duration::from_millis(100);
+/// How long a session of a device that went down may take to send what it had queued.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// One device's SSH endpoint settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,17 +403,33 @@ async fn serve_connection(
         }
     };
     let handle = session.handle();
+    tokio::pin!(session);
     tokio::select! {
-        result = session => {
+        result = &mut session => {
             if let Err(e) = result {
                 tracing::debug!(device = %context.device.id, "SSH session ended: {e}");
             }
+            return;
         }
-        _ = down.changed() => {
-            let _ = handle
-                .disconnect(Disconnect::ByApplication, "device went down".into(), "en".into())
-                .await;
-        }
+        _ = down.changed() => {}
+    }
+    // The device went down. What sshd had already written still reaches the client, as
+    // a machine's TCP stack delivers it while Windows shuts down: the session keeps
+    // running until it has sent the disconnect, which goes out after any answer still
+    // queued (e.g. the exit status of `systemreset -factoryreset`, whose reset is what
+    // took the device down). Dropping the session here lost that answer under load, and
+    // the client, seeing a dead link, reset Windows a second time.
+    tokio::spawn(async move {
+        let _ = handle
+            .disconnect(
+                Disconnect::ByApplication,
+                "device went down".into(),
+                "en".into(),
+            )
+            .await;
+    });
+    if tokio::time::timeout(DRAIN, &mut session).await.is_err() {
+        tracing::debug!(device = %context.device.id, "SSH session did not end within {DRAIN:?} of the device going down");
     }
 }
 
