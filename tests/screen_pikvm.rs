@@ -103,7 +103,18 @@ fn qr_decoding_handles_grey_and_blank_and_refuses_non_png() {
     assert!(qr::decode(&blank).unwrap().is_empty());
     let err = qr::decode(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0]).unwrap_err();
     assert_eq!(err.class, FailureClass::Infrastructure);
-    assert!(err.message.contains("a JPEG, not a PNG"), "{}", err.message);
+    assert!(
+        err.message.contains("a JPEG that does not decode"),
+        "{}",
+        err.message
+    );
+    let err = qr::decode(b"<html>502 Bad Gateway</html>").unwrap_err();
+    assert!(
+        err.message
+            .contains("neither PNG nor JPEG (28 bytes, starting 3c 68 74 6d"),
+        "{}",
+        err.message
+    );
     assert!(qr::decode(b"").is_err());
 }
 
