@@ -7,6 +7,7 @@
 //! reports are written); twice aborts at once.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -466,16 +467,23 @@ fn show_engine_event(progress: &mut Progress, e: &Event) {
     progress.step(&e.device, &text);
 }
 
-/// First Ctrl-C: stop gracefully. Second: abort now.
+/// First Ctrl-C: stop gracefully. Second: abort now. One listener serves both, so a
+/// second Ctrl-C that comes right after the first is never lost (a fresh listener only
+/// sees signals that arrive after it is made).
 async fn interrupt_on_ctrl_c(cancel: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_err() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut interrupts) = signal(SignalKind::interrupt()) else {
+        tracing::warn!("cannot listen for Ctrl-C; stop the run with `kill` and `aplab resume`");
+        return;
+    };
+    if interrupts.recv().await.is_none() {
         return;
     }
     eprintln!(
         "\nstopping: steps stop, leases are released, reports are written (Ctrl-C again to abort now)"
     );
     cancel.cancel();
-    if tokio::signal::ctrl_c().await.is_ok() {
+    if interrupts.recv().await.is_some() {
         eprintln!("aborted; finish the run later with `aplab resume`");
         std::process::exit(i32::from(exit::INTERRUPTED));
     }
@@ -562,12 +570,26 @@ impl VirtualLabProcess {
         }
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find the aplab executable: {e}"))?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(["lab", "up", "--json", "--inventory"])
             .arg(inventory_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        // This run's lab ends with the run even when the runner dies without stopping it
+        // (a second Ctrl-C aborts at once, `kill -9`): no orphan keeps the lab's ports.
+        // The kernel signals the lab when the thread that started it exits; that is the
+        // main thread, which lives as long as the run.
+        // SAFETY: between fork and exec the closure makes one prctl system call, which is
+        // async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGTERM))
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start the virtual lab: {e}"))?;
         let stdout = child
