@@ -141,8 +141,8 @@ pub const MAX_POLL: Duration = Duration::from_secs(30);
 /// The poll interval after `waited` of a wait that polls every `base`: `base` for the
 /// first twelve reads, then a twelfth of the time waited so far, at most [`MAX_POLL`]
 /// (or `base` if that is longer). A 40-minute ESP is then read about 100 times instead
-/// of 480, and what the device shows is still seen within 5% of the time waited (30 s
-/// at most). Every read of a screen is an OCR on the KVM (seconds of CPU on a
+/// of 480, and what the device shows is still seen within a twelfth of the time waited
+/// (30 s at most). Every read of a screen is an OCR on the KVM (seconds of CPU on a
 /// Raspberry Pi); every read of the tenant counts against Graph's throttling.
 pub fn backoff(base: Duration, waited: Duration) -> Duration {
     (waited / 12).clamp(base, MAX_POLL.max(base))

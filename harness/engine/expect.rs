@@ -88,9 +88,9 @@ async fn on_console(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> At
 }
 
 /// Reads the screen every `screen_poll` (less often as a long wait goes on, see
-/// [`backoff`]) until an outcome's pattern matches or the
-/// attempt's deadline passes. A failed read is remembered and polling goes on: a KVM
-/// that hiccups once must not fail the step, one that never answers must say so.
+/// [`backoff`]) until an outcome's pattern matches or the attempt's deadline passes. A
+/// failed read is remembered and polling goes on: a KVM that hiccups once must not fail
+/// the step, one that never answers must say so.
 async fn on_screen(ctx: &StepCtx<'_, '_>, e: &Expect, patterns: &[Regex]) -> Attempt {
     let screen = ctx
         .run

@@ -162,9 +162,10 @@ enum Polled {
     GaveUp(String),
 }
 
-/// Asks `read` every `tenant_poll` (less often as a long wait goes on) until it says done or `deadline` passes. Each new
-/// value is reported as a `DeviceStateSeen`. Errors end the poll (the retry policy
-/// decides about them); a 429 is the tenant backend's to wait out.
+/// Asks `read` every `tenant_poll` (less often as a long wait goes on) until it says
+/// done or `deadline` passes. Each new value is reported as a `DeviceStateSeen`. Errors
+/// end the poll (the retry policy decides about them); a 429 is the tenant backend's to
+/// wait out.
 async fn poll<F, Fut>(
     ctx: &StepCtx<'_, '_>,
     deadline: Duration,

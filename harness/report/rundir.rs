@@ -174,9 +174,10 @@ impl RunDir {
 
 /// The engine's event sink for one case: every event goes to the case's `events.jsonl`
 /// as it happens, so a crash loses nothing that was already reported. The file is opened
-/// at the first event and kept open (a flow emits a few hundred events; opening the file
-/// and checking its directory for each one was a tenth of the harness's CPU in the fleet
-/// benchmark); after a write error it is opened afresh at the next event.
+/// at the first event and kept open (a flow emits over a hundred events; opening the file
+/// and checking its directory for each one took five system calls per event and a few
+/// percent of the harness's CPU in the fleet benchmark); after a write error it is opened
+/// afresh at the next event.
 #[derive(Debug)]
 pub struct CaseEvents {
     dir: RunDir,

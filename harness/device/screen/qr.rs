@@ -76,15 +76,12 @@ impl Greyscale {
                 .chunks_exact(3)
                 .map(|p| luma(p[0], p[1], p[2]))
                 .collect(),
-            PixelFormat::CMYK32 => data
-                .chunks_exact(4)
-                .map(|p| {
-                    // jpeg-decoder hands CMYK inverted as Adobe writes it: 255 is no ink.
-                    let k = p[3] as u32;
-                    let rgb = |c: u8| (c as u32 * k / 255) as u8;
-                    luma(rgb(p[0]), rgb(p[1]), rgb(p[2]))
-                })
-                .collect(),
+            // A video capture never sends print colours; say so rather than guess.
+            PixelFormat::CMYK32 => {
+                return Err(jpeg_decoder::Error::Format(
+                    "a CMYK picture (a screen capture is RGB or grey)".into(),
+                ));
+            }
         };
         if pixels.len() != width * height {
             return Err(jpeg_decoder::Error::Format(format!(
