@@ -98,8 +98,25 @@ pub struct SqliteLedger {
 }
 
 impl SqliteLedger {
-    /// Opens (creating if needed) the ledger at `path`.
+    /// Opens (creating if needed) the ledger at `path`. Runners started at the same moment
+    /// open it together: while one switches a new file to WAL or writes the schema, the
+    /// other can be told "database is locked" at once (SQLite does not wait for those);
+    /// it tries again for up to [`OPEN_PATIENCE`] before giving up.
     pub fn open(path: &Path) -> LedgerResult<SqliteLedger> {
+        let deadline = std::time::Instant::now() + OPEN_PATIENCE;
+        loop {
+            match Self::open_once(path) {
+                Err(LedgerError::Sqlite { source, .. })
+                    if is_busy(&source) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> LedgerResult<SqliteLedger> {
         let err = |source| LedgerError::Sqlite {
             path: path.display().to_string(),
             source,
@@ -108,13 +125,18 @@ impl SqliteLedger {
             // A missing directory would surface as an opaque "unable to open" error.
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path).map_err(err)?;
+        let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        let version: i32 = conn
+        // Schema and version in one write transaction, taken before anything is read, so
+        // a second runner waits for the first instead of failing half-way.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let version: i32 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(err)?;
         if version > SCHEMA_VERSION {
@@ -122,9 +144,10 @@ impl SqliteLedger {
                 "schema version {version} is newer than this aplab understands ({SCHEMA_VERSION}); upgrade aplab"
             ))));
         }
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        tx.execute_batch(SCHEMA).map_err(err)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err)?;
+        tx.commit().map_err(err)?;
         Ok(SqliteLedger {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -144,6 +167,17 @@ impl SqliteLedger {
             source,
         })
     }
+}
+
+/// How long opening the ledger keeps trying while another runner holds it.
+const OPEN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// "database is locked" or "busy": another connection has the file right now.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<RunRecord> {
