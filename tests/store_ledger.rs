@@ -221,3 +221,28 @@ fn a_file_that_is_not_a_ledger_is_reported_with_its_path() {
     assert!(text.contains("notes.txt"), "{text}");
     assert!(text.contains("check the disk"), "{text}");
 }
+
+/// Runners started at the same moment open a new ledger together (one of them sets up the
+/// file while the others wait); none of them is told "database is locked". Each round
+/// uses a fresh file, so the race of creating it is run again.
+#[test]
+fn runners_opening_a_new_ledger_at_once_all_get_it() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Arc::new(dir.path().join(format!("lab-state/ledger-{round}.sqlite")));
+        let start = Arc::new(Barrier::new(6));
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    SqliteLedger::open(&path).map(|_| ())
+                })
+            })
+            .collect();
+        for opener in openers {
+            let opened = opener.join().unwrap();
+            assert!(opened.is_ok(), "round {round}: {:?}", opened.err());
+        }
+    }
+}
